@@ -1,0 +1,30 @@
+# Two commands set up and use a fresh machine: `make serve` and `make test`.
+# Both create the virtual environment themselves (make install).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+ASSETS ?= $(abspath ../shared/assets)
+
+export HF_HOME ?= $(ASSETS)/hf-cache
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install test serve evaluate clean
+
+install: $(STAMP)
+
+# Re-runs pip only when pyproject.toml changes, so a second `make install` is instant.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q -ra
+
+serve: install
+	$(PY) -m service --host 127.0.0.1 --port 8000
+
+clean:
+	rm -rf $(VENV) .pytest_cache
