@@ -1,0 +1,141 @@
+"""SparseViT: one timm VisionTransformer, many static density levels.
+
+Modifications relative to timm's `VisionTransformer.forward` (timm 1.0.x):
+- the dense level calls timm's own forward, unchanged (invariant: dense == timm);
+- a sparse level runs the same blocks with the same weights, but at each of its reduction
+  points the block's attention also yields the class-token attention row (computed as
+  q_cls·Kᵀ for that block only, so attention elsewhere stays fused SDPA) and the keys, and a
+  reducer shrinks the tokens to a static count between the attention and the MLP;
+- merged tokens carry a size; attention then adds log(size) to the logits (ToMe's
+  proportional attention).
+Every shape is fixed by the level: no `.item()`, `nonzero` or data-dependent sizes.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.levels import DENSE, Level, ReductionStep, VitShape, model_gflops
+from models.preprocess import DataConfig
+from models.reducers import TokenState, reduce_tokens
+
+
+class SparseViT(nn.Module):
+    """A timm VisionTransformer served at several token densities with one set of weights.
+
+    Args:
+        timm_model: a timm `VisionTransformer` with a class token (DeiT/ViT family).
+        schedules: level name -> reduction steps; "dense" is added first automatically.
+    """
+
+    def __init__(self, timm_model: nn.Module, *, schedules: dict[str, tuple[ReductionStep, ...]] | None = None):
+        super().__init__()
+        if getattr(timm_model, "cls_token", None) is None:
+            raise ValueError("SparseViT needs a ViT with a class token")
+        self.timm_model = timm_model
+        self.data_config = DataConfig.from_timm(timm_model)
+        self.shape = vit_shape(timm_model)
+        if schedules is None:
+            from models.schedules import default_schedules
+
+            schedules = default_schedules(self.shape)
+        self.levels: dict[str, Level] = {DENSE: self._make_level(DENSE, ())}
+        for name, steps in schedules.items():
+            if name != DENSE:
+                self.levels[name] = self._make_level(name, tuple(steps))
+
+    # -- levels ---------------------------------------------------------------------------
+    def level(self, name: str) -> Level:
+        try:
+            return self.levels[name]
+        except KeyError:
+            raise KeyError(f"unknown level {name!r}; known: {', '.join(self.levels)}") from None
+
+    def _make_level(self, name: str, steps: tuple[ReductionStep, ...]) -> Level:
+        n = self.shape.num_patches + self.shape.num_prefix_tokens
+        by_block = {s.block: s for s in steps}
+        if len(by_block) != len(steps):
+            raise ValueError(f"level {name}: two reduction steps in one block")
+        attn_tokens, mlp_tokens = [], []
+        for i in range(self.shape.depth):
+            attn_tokens.append(n)
+            if i in by_block:
+                keep = by_block[i].keep
+                if not 1 < keep <= n:
+                    raise ValueError(f"level {name}: block {i} keeps {keep} of {n} tokens")
+                n = keep
+            mlp_tokens.append(n)
+        dense = model_gflops(self.shape, (attn_tokens[0],) * self.shape.depth, (attn_tokens[0],) * self.shape.depth)
+        gflops = model_gflops(self.shape, tuple(attn_tokens), tuple(mlp_tokens))
+        reducer = "+".join(dict.fromkeys(s.reducer for s in steps)) or "none"
+        return Level(name, reducer, tuple(attn_tokens), gflops, gflops / dense, steps)
+
+    # -- forward --------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, level: str = DENSE) -> torch.Tensor:
+        """Normalized images [B,3,H,W] -> logits [B,num_classes] at `level`."""
+        if level == DENSE:
+            return self.timm_model(x)
+        return self.forward_head(self.forward_features(x, self.level(level)))
+
+    def forward_features(self, x: torch.Tensor, level: Level) -> torch.Tensor:
+        m = self.timm_model
+        x = m.patch_embed(x)
+        x = m._pos_embed(x)
+        x = m.patch_drop(x)
+        x = m.norm_pre(x)
+        steps = {s.block: s for s in level.schedule}
+        state = TokenState(x=x, size=None)
+        for i, blk in enumerate(m.blocks):
+            state = self._block(blk, state, steps.get(i))
+        return m.norm(state.x)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.timm_model.forward_head(x)
+
+    def _block(self, blk: nn.Module, state: TokenState, step: ReductionStep | None) -> TokenState:
+        attn_out, cls_attn, keys = self._attention(blk.attn, blk.norm1(state.x), state.size, need_scores=step is not None)
+        x = state.x + blk.drop_path1(blk.ls1(attn_out))
+        state = TokenState(x=x, size=state.size)
+        if step is not None:
+            state = reduce_tokens(step, state, cls_attn=cls_attn, keys=keys)
+        x = state.x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(state.x))))
+        return TokenState(x=x, size=state.size)
+
+    @staticmethod
+    def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None, *, need_scores: bool):
+        """timm Attention, plus (when asked) the class-token attention row and the keys."""
+        b, n, _ = x.shape
+        qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        # Proportional attention: a token that stands for s merged tokens gets log(s) more logit.
+        bias = None if size is None else size.log().view(b, 1, 1, n).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        cls_attn = keys = None
+        if need_scores:
+            logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)  # [b, heads, 1, n]
+            if bias is not None:
+                logits = logits + bias
+            cls_attn = logits.softmax(dim=-1).mean(dim=1)[:, 0]  # [b, n], mean over heads
+            keys = k.transpose(1, 2).reshape(b, n, -1)  # [b, n, heads*head_dim]
+        out = out.transpose(1, 2).reshape(b, n, -1)
+        out = attn.norm(out)
+        if getattr(attn, "gate", None) is not None:
+            raise NotImplementedError("gated attention is not supported")
+        return attn.proj_drop(attn.proj(out)), cls_attn, keys
+
+
+def vit_shape(m: nn.Module) -> VitShape:
+    pe = m.patch_embed
+    patch_pixels = pe.proj.in_channels * pe.proj.kernel_size[0] * pe.proj.kernel_size[1]
+    blk = m.blocks[0]
+    return VitShape(
+        embed_dim=m.embed_dim,
+        depth=len(m.blocks),
+        mlp_hidden=blk.mlp.fc1.out_features,
+        num_patches=pe.num_patches,
+        patch_pixels=patch_pixels,
+        num_prefix_tokens=m.num_prefix_tokens,
+        num_classes=m.num_classes,
+    )
