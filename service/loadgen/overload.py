@@ -1,0 +1,225 @@
+"""The overload experiment: adaptive density against fixed-density serving, same machine.
+
+    flock /tmp/sait-bench.lock python -m service.loadgen.overload --docs docs/loadtest.md
+
+1. Start the server at fixed:dense and measure its capacity with a closed loop.
+2. For each policy (adaptive, fixed:dense, fixed at the sparsest level) start a fresh server
+   and offer open-loop Poisson load from 0.5x to 3x that capacity, every request carrying the
+   same latency budget and no density.
+3. Write results (JSON), a sweep plot and a comparison table, and check the targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from service.loadgen.arrivals import RateProfile
+from service.loadgen.client import Target
+from service.loadgen.docblock import cores, cpu_model, relpath, replace_block
+from service.loadgen.payloads import DEFAULT_IMAGE_DIR, load_folder, synthetic
+from service.loadgen.report import plot_sweep, write_json, write_run
+from service.loadgen.scenario import Dials, Scenario
+from service.loadgen.server import ServerProcess
+from service.loadgen.session import LoadRun, execute, measure_capacity
+
+BEGIN, END = "<!-- overload:begin -->", "<!-- overload:end -->"
+
+
+def sparsest_policy(base_url: str, model: str) -> str:
+    """`fixed:<ratio>` for the sparsest level the running server offers."""
+    import httpx
+
+    from service.loadgen.report import level_order
+
+    doc = httpx.get(f"{base_url}/v2/models/{model}/config", timeout=10).json()
+    names = [lv["name"] if isinstance(lv, dict) else str(lv) for lv in _find_levels(doc)]
+    sparsest = level_order(names)[-1] if names else "l050"
+    return f"fixed:{int(sparsest[1:]) / 100:g}" if sparsest[1:].isdigit() else f"fixed:{sparsest}"
+
+
+def _find_levels(doc) -> list:
+    """The first list under a key named "levels" anywhere in the config document."""
+    if isinstance(doc, dict):
+        if isinstance(doc.get("levels"), list):
+            return doc["levels"]
+        for value in doc.values():
+            found = _find_levels(value)
+            if found:
+                return found
+    return []
+
+
+def card_top1(model: str) -> dict[str, float]:
+    """Level -> top-1 from the packaged level card (empty when there is none)."""
+    try:
+        from models.card import LevelCard
+
+        return {e.name: e.top1 for e in LevelCard.for_model(model).levels if e.top1 is not None}
+    except (ImportError, OSError, ValueError):
+        return {}
+
+
+def served_top1(level_fractions: dict[str, float], top1: dict[str, float]) -> float:
+    """Expected top-1 of the served mix, from the card (NaN when a level is not on it)."""
+    if not level_fractions or any(lv not in top1 for lv in level_fractions):
+        return math.nan
+    return sum(frac * top1[lv] for lv, frac in level_fractions.items())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m service.loadgen.overload", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="deit_tiny_patch16_224")
+    p.add_argument("--api", choices=("v1", "v2"), default="v1")
+    p.add_argument("--loads", default="0.5,1,1.5,2,2.5,3", help="offered loads in x dense capacity")
+    p.add_argument("--point-s", type=float, default=25.0, help="seconds of load per point")
+    p.add_argument("--budget-ms", type=float, default=500.0, help="latency budget of every request")
+    p.add_argument("--capacity-rps", type=float, help="skip the capacity measurement, use this")
+    p.add_argument("--capacity-s", type=float, default=20.0, help="closed-loop capacity run length")
+    p.add_argument("--concurrency", type=int, default=32, help="closed-loop clients for capacity")
+    p.add_argument("--policies", default="adaptive,fixed:dense,sparsest",
+                   help='comma list; "sparsest" = fixed at the sparsest level the server offers')
+    p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra SAIT_ setting for every server (e.g. MAX_BATCH_SIZE=16)")
+    p.add_argument("--images", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=Path("out/overload"))
+    p.add_argument("--docs", type=Path, default=None, help="markdown file to write the table into")
+    p.add_argument("--plot", type=Path, default=None, help="sweep PNG (default <out>/sweep.png)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        loads = [float(x) for x in args.loads.split(",")]
+        extra = dict(kv.split("=", 1) for kv in args.setting)
+    except ValueError:
+        print("overload: --loads is a comma list of numbers, --setting is KEY=VALUE", file=sys.stderr)
+        return 2
+    settings = {"MODEL": args.model, **extra}
+    folder = args.images or DEFAULT_IMAGE_DIR
+    payloads = load_folder(folder, limit=64) if folder.is_dir() else synthetic(count=16)
+    target = Target(api=args.api, model=args.model)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    # 1. Dense capacity, and the sparsest level the server offers.
+    with ServerProcess(settings={**settings, "POLICY": "fixed:dense"}) as server:
+        sparsest = sparsest_policy(server.url, args.model)
+        if args.capacity_rps:
+            capacity = {"capacity_rps": args.capacity_rps, "measured": False}
+        else:
+            capacity = measure_capacity(base_url=server.url, target=target, payloads=payloads,
+                                        concurrency=args.concurrency, duration_s=args.capacity_s,
+                                        dials=Dials(name="capacity", latency_budget_ms=60_000.0))
+            capacity["measured"] = True
+    cap_rps = capacity["capacity_rps"]
+    print(f"dense capacity {cap_rps:.1f} req/s; sparsest policy {sparsest}", flush=True)
+
+    # 2. The sweep, one fresh server per policy.
+    policies = [sparsest if p == "sparsest" else p for p in args.policies.split(",")]
+    scenario = Scenario.single(Dials(name="budget", latency_budget_ms=args.budget_ms))
+    rows = []
+    bar = tqdm(total=len(policies) * len(loads), unit="point", desc="overload sweep")
+    for policy in policies:
+        with ServerProcess(settings={**settings, "POLICY": policy}) as server:
+            for i, load_x in enumerate(loads):
+                run = LoadRun(base_url=server.url, target=target,
+                              profile=RateProfile.constant(load_x * cap_rps, args.point_s),
+                              scenario=scenario, payloads=payloads, seed=i, progress=False,
+                              timeout_s=max(30.0, 10 * args.budget_ms / 1e3))
+                results, summary = execute(run)
+                name = f"{policy.replace(':', '_')}-{load_x:g}x"
+                write_run(args.out / name, results, summary, window_s=1.0, title=f"{policy} at {load_x:g}x")
+                rows.append({"policy": policy, "load_x": load_x, **summary})
+                bar.update(1)
+                time.sleep(2.0)  # let the queue drain before the next point
+    bar.close()
+
+    top1 = card_top1(args.model)
+    for row in rows:
+        row["served_top1"] = served_top1(row["level_fractions"], top1)
+    doc = {
+        "command": "python -m service.loadgen.overload " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "cpu": cpu_model(), "model": args.model, "api": args.api, "budget_ms": args.budget_ms,
+        "point_s": args.point_s, "capacity": capacity, "policies": policies, "settings": settings,
+        "wall_s": time.time() - started, "rows": rows,
+    }
+    doc["targets"] = check_targets(rows, policies)
+    write_json(args.out / "overload.json", doc)
+    plot_path = args.plot or args.out / "sweep.png"
+    plot_sweep(plot_path, rows, title=f"{args.model}, budget {args.budget_ms:g} ms, {doc['cpu']}")
+    table = markdown(doc, plot_path, args.docs)
+    if args.docs:
+        replace_block(args.docs, table, begin=BEGIN, end=END)
+    print(table)
+    return 0
+
+
+def check_targets(rows: list[dict], policies: list[str]) -> list[dict]:
+    """The issue's targets, each with the measured value and pass/fail."""
+    def at(policy: str, load_x: float) -> dict | None:
+        return next((r for r in rows if r["policy"] == policy and r["load_x"] == load_x), None)
+
+    checks = []
+    ada2, dense2, ada05 = at("adaptive", 2.0), at("fixed:dense", 2.0), at("adaptive", 0.5)
+    if ada2:
+        checks.append(_check("adaptive at 2x: deadline met for admitted", ada2["attainment"], ">=", 0.99))
+        checks.append(_check("adaptive at 2x: shed fraction", ada2["shed_fraction"], "<=", 0.05))
+    if ada2 and dense2:
+        ratio = ada2["goodput_rps"] / dense2["goodput_rps"] if dense2["goodput_rps"] else math.inf
+        checks.append(_check("adaptive / fixed-dense goodput at 2x", ratio, ">=", 1.8))
+    if ada05:
+        checks.append(_check("adaptive at 0.5x: dense fraction", ada05["level_fractions"].get("dense", 0.0),
+                             ">=", 0.95))
+    return checks
+
+
+def _check(name: str, value: float, op: str, bound: float) -> dict:
+    ok = value >= bound if op == ">=" else value <= bound
+    return {"target": f"{name} {op} {bound:g}", "value": value, "pass": bool(ok)}
+
+
+def _num(x, fmt: str) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def markdown(doc: dict, plot_path: Path, docs_path: Path | None) -> str:
+    cap = doc["capacity"]["capacity_rps"]
+    rel = plot_path.name if docs_path is None else relpath(plot_path, docs_path.parent)
+    lines = [
+        BEGIN,
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on **{doc['cpu']}** "
+        f"({cores()} cores), model `{doc['model']}`, API {doc['api']}, every request with "
+        f"`latency_budget_ms={doc['budget_ms']:g}` and no density, {doc['point_s']:g} s of Poisson "
+        f"arrivals per point, one fresh server per policy (settings {doc['settings']}). "
+        f"Dense capacity (closed loop, fixed:dense): **{cap:.1f} req/s**. Whole run {doc['wall_s'] / 60:.1f} min.",
+        "",
+        f"Command: `flock /tmp/sait-bench.lock {doc['command']}`",
+        "",
+        "| policy | load | offered/s | goodput/s | attainment | shed | expired | p50 ms | p99 ms | levels served | top-1 (card) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["rows"]:
+        levels = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["level_fractions"].items()) or "-"
+        lines.append(
+            f"| {r['policy']} | {r['load_x']:g}x | {r['offered_rps']:.1f} | {r['goodput_rps']:.1f} | "
+            f"{_num(100 * r['attainment'] if r['attainment'] == r['attainment'] else math.nan, '.1f')}% | "
+            f"{_num(100 * r['shed_fraction'], '.1f')}% | {r['expired']} | {_num(r['p50_ms'], '.0f')} | "
+            f"{_num(r['p99_ms'], '.0f')} | {levels} | {_num(r['served_top1'], '.3f')} |"
+        )
+    lines += ["", "| target | measured | result |", "|---|---|---|"]
+    for c in doc["targets"]:
+        lines.append(f"| {c['target']} | {_num(c['value'], '.3f')} | {'pass' if c['pass'] else '**FAIL**'} |")
+    lines += ["", f"![goodput and attainment against offered load]({rel})", END]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

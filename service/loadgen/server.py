@@ -1,0 +1,119 @@
+"""Start a sait-serve server as a subprocess on loopback, wait until ready, stop it cleanly.
+
+Used by the overload experiment, the soak test and the end-to-end test. Also reads the
+server's resident memory from /proc/<pid>/status (Linux) for the soak's RSS series.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ASSETS = REPO_ROOT.parent / "shared" / "assets"
+
+
+class ServerError(RuntimeError):
+    """The server did not come up (the message carries the tail of its log)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process, from /proc/<pid>/status (VmRSS is in kB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise ServerError(f"no VmRSS for pid {pid}")
+
+
+class ServerProcess:
+    """`python -m service` with SAIT_* settings, bound to 127.0.0.1 on a free port.
+
+    Args:
+        settings: SAIT_* values without the prefix, e.g. {"POLICY": "fixed:dense"}.
+        port: port to bind (a free one by default).
+        python: interpreter to run (this one by default).
+        ready_timeout_s: how long start-up (model load, warm-up, profiling) may take.
+        log_path: where the server's stdout/stderr go (a temp file by default).
+    """
+
+    def __init__(self, *, settings: dict[str, str] | None = None, port: int | None = None,
+                 python: str | None = None, ready_timeout_s: float = 300.0,
+                 log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.settings = dict(settings or {})
+        self.python = python or sys.executable
+        self.ready_timeout_s = ready_timeout_s
+        self.log_path = log_path or Path(tempfile.mkstemp(prefix="sait-server-", suffix=".log")[1])
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise ServerError("server not started")
+        return self.proc.pid
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # Offline pretrained weights from the shared hub cache, unless the caller set them.
+        env.setdefault("HF_HOME", str(ASSETS / "hf-cache"))
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.update({f"SAIT_{k.upper()}": str(v) for k, v in self.settings.items()})
+        env.update({"SAIT_HOST": "127.0.0.1", "SAIT_PORT": str(self.port)})
+        return env
+
+    def start(self) -> ServerProcess:
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen([self.python, "-m", "service"], cwd=REPO_ROOT, env=self.env(),
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + self.ready_timeout_s
+        with httpx.Client(base_url=self.url, timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise ServerError(f"server exited with {self.proc.returncode}: {self.log_tail()}")
+                try:
+                    if client.get("/v2/health/ready").status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.25)
+        self.stop()
+        raise ServerError(f"server not ready after {self.ready_timeout_s:.0f} s: {self.log_tail()}")
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM (graceful drain), then SIGKILL if it does not exit in timeout_s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout=10)
+
+    def log_tail(self, chars: int = 1500) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
