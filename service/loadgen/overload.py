@@ -32,7 +32,7 @@ BEGIN, END = "<!-- overload:begin -->", "<!-- overload:end -->"
 
 
 def sparsest_policy(base_url: str, model: str) -> str:
-    """`fixed:<ratio>` for the sparsest level the running server offers."""
+    """`fixed:<level>` for the sparsest level the running server offers (settings take names)."""
     import httpx
 
     from service.loadgen.report import level_order
@@ -40,7 +40,7 @@ def sparsest_policy(base_url: str, model: str) -> str:
     doc = httpx.get(f"{base_url}/v2/models/{model}/config", timeout=10).json()
     names = [lv["name"] if isinstance(lv, dict) else str(lv) for lv in _find_levels(doc)]
     sparsest = level_order(names)[-1] if names else "l050"
-    return f"fixed:{int(sparsest[1:]) / 100:g}" if sparsest[1:].isdigit() else f"fixed:{sparsest}"
+    return f"fixed:{sparsest}"
 
 
 def _find_levels(doc) -> list:
