@@ -105,3 +105,71 @@ def tool(name: str) -> str:
 @pytest.fixture(scope="session")
 def promtool() -> str:
     return tool("promtool")
+
+
+# Labels Prometheus or the scrape config attach, not the service.
+TARGET_LABELS = {"namespace", "pod", "job", "instance", "le"}
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+
+
+def sample_names(families: dict[str, str]) -> dict[str, str]:
+    """{family: type} -> {sample name as PromQL sees it: family}."""
+    return {family + suffix: family for family, kind in families.items() for suffix in SUFFIXES[kind]}
+
+
+def contract_metrics() -> dict[str, tuple[str, set[str]]]:
+    """docs/contract.md's metrics table: {family: (type, labels)}."""
+    rows = re.findall(r"^\| `(sait_\w+)` \| (\w+) \|(.*)\|$", (REPO / "docs" / "contract.md").read_text(), re.M)
+    # prometheus-client names a counter's family without `_total` and its sample with it.
+    return {name.removesuffix("_total") if kind == "counter" else name: (kind, set(re.findall(r"`(\w+)`", labels)))
+            for name, kind, labels in rows}
+
+
+def contract_settings() -> set[str]:
+    """The SAIT_ variables named in docs/contract.md's settings table."""
+    text = (REPO / "docs" / "contract.md").read_text()
+    return set(re.findall(r"`(SAIT_[A-Z_]+)`", text))
+
+
+def promql_sources() -> dict[str, list[str]]:
+    """Every PromQL expression the deployment uses, by where it comes from."""
+    adapter = yaml.safe_load(ADAPTER_VALUES.read_text())
+    return {
+        "rules": [r["expr"] for g in rule_groups() for r in g["rules"]],
+        "dashboard": dashboard_exprs(),
+        "adapter": [rule["seriesQuery"] for rule in adapter["rules"]["custom"]],
+    }
+
+
+def selectors(expr: str) -> list[tuple[str, set[str]]]:
+    """(metric, label names matched) for each `metric{...}` selector in a PromQL expression."""
+    found = []
+    for name, body in re.findall(r"\b(sait_[a-z0-9_]+)\{([^}]*)\}", expr):
+        found.append((name, set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", body))))
+    return found
+
+
+def simulated_pod_scrape_config(*, address: str, namespace: str, pod: str) -> dict[str, Any]:
+    """deploy/prometheus/prometheus.yml with Kubernetes pod discovery replaced by one static
+    target carrying the labels discovery would attach for a chart-rendered pod, so that the
+    real relabelling rules run (Debian's Prometheus is built without Kubernetes discovery)."""
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    host = address.rsplit(":", 1)[0]
+    port = address.rsplit(":", 1)[1]
+    (job,) = config["scrape_configs"]
+    del job["kubernetes_sd_configs"]
+    job["static_configs"] = [{
+        # Discovery reports the pod IP with the first container port; the relabelling
+        # replaces the port with the prometheus.io/port annotation's.
+        "targets": [f"{host}:1"],
+        "labels": {
+            "__meta_kubernetes_namespace": namespace,
+            "__meta_kubernetes_pod_name": pod,
+            "__meta_kubernetes_pod_label_app_kubernetes_io_name": "sait-serve",
+            "__meta_kubernetes_pod_annotation_prometheus_io_scrape": "true",
+            "__meta_kubernetes_pod_annotation_prometheus_io_port": port,
+            "__meta_kubernetes_pod_annotation_prometheus_io_path": "/metrics",
+        },
+    }]
+    config["rule_files"] = [str(RULES_DIR / "*.yml")]
+    return config
