@@ -13,13 +13,15 @@ Each user sends one request, then waits so that it offers `--user-rps` requests 
 later, so its response times understate queueing under overload; use `python -m
 service.loadgen` (open loop, latency from the scheduled time) for latency claims, and locust
 for load that one machine cannot produce. 429 (shed) and 504 (expired) count as failures with
-their reason; the level served is reported as its own row ("LEVEL", name = level).
+their reason; the levels served are counted on every worker, merged on the master and
+printed when the run ends.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+from collections import Counter
 
 from locust import FastHttpUser, constant_throughput, events, task
 
@@ -28,6 +30,30 @@ from service.loadgen.payloads import DEFAULT_IMAGE_DIR, load_folder, synthetic
 from service.loadgen.scenario import Dials
 
 _PAYLOADS: list = []
+# Levels served by this process; workers ship theirs to the master with each stats report.
+LEVELS: Counter = Counter()
+
+
+@events.report_to_master.add_listener
+def _ship_levels(client_id, data) -> None:
+    data["sait_levels"] = dict(LEVELS)
+    LEVELS.clear()
+
+
+@events.worker_report.add_listener
+def _merge_levels(client_id, data) -> None:
+    LEVELS.update(data.get("sait_levels", {}))
+
+
+@events.quitting.add_listener
+def _print_levels(environment, **_kw) -> None:
+    from locust.runners import WorkerRunner
+
+    if isinstance(environment.runner, WorkerRunner):
+        return
+    total = sum(LEVELS.values())
+    mix = ", ".join(f"{k} {v} ({100 * v / total:.1f}%)" for k, v in sorted(LEVELS.items())) or "none"
+    print(f"levels served: {mix}")
 
 
 @events.init_command_line_parser.add_listener
@@ -83,8 +109,7 @@ class _SaitUser(FastHttpUser):
                 response.failure("200 with an unreadable body")
                 return
             response.success()
-            events.request.fire(request_type="LEVEL", name=level or "unknown", response_time=0,
-                                response_length=0, exception=None, context={})
+            LEVELS[level or "unknown"] += 1
         elif response.status_code == 429:
             response.failure("429 shed")
         elif response.status_code == 504:

@@ -47,3 +47,22 @@ def test_density_dial_reaches_the_server(server, tmp_path):
                  "--synthetic", "--density", "1.0", "--quiet", "--no-plot", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["levels"] == {"dense": 10}
+
+
+def test_locust_headless_both_apis(server, tmp_path):
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    locustfile = Path(__file__).parents[2] / "locust" / "locustfile.py"
+    cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "-u", "2", "-r", "2",
+           "-t", "3s", "--host", server.url, "--user-rps", "3", "--model-name", "vit_tiny_test",
+           "--images", str(tmp_path / "none"), "--budget-ms", "2000", "--only-summary",
+           "--csv", str(tmp_path / "run"), "NativeUser", "KServeUser"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "levels served:" in proc.stdout + proc.stderr
+    rows = {r["Name"]: r for r in csv.DictReader((tmp_path / "run_stats.csv").open())}
+    for name in ("/v1/classify", "/v2/models/[m]/infer"):
+        assert int(rows[name]["Request Count"]) > 0 and int(rows[name]["Failure Count"]) == 0
