@@ -22,6 +22,27 @@ KSERVE = DEPLOY / "kserve" / "inferenceservice.yaml"
 RELEASE = "demo"
 NAMESPACE = "ml"
 
+# Chart values exercised by the tests: defaults and the non-default cases users deploy.
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "gpu-off": {"gpu": {"enabled": False}, "config": {"device": "cpu", "precision": "fp32"}},
+    "autoscaling": {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6}},
+    "pvc-weights": {"weights": {"source": "pvc",
+                                "pvc": {"existingClaim": "sait-weights", "path": "deit/model.safetensors"}}},
+    "hf-cache-claim": {"weights": {"hfCache": {"existingClaim": "hf-cache", "offline": True}}},
+    "ingress": {"ingress": {"enabled": True, "className": "nginx",
+                            "hosts": [{"host": "sait.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
+                            "tls": [{"secretName": "sait-tls", "hosts": ["sait.example.com"]}]}},
+    "service-monitor": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus"}}},
+    "scheduling": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+                   "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "inference",
+                                    "effect": "NoSchedule"}],
+                   "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                       {"weight": 100, "podAffinityTerm": {
+                           "topologyKey": "kubernetes.io/hostname",
+                           "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "sait-serve"}}}}]}}},
+}
+
 # Metric names in PromQL: the service's own (sait_*) and recording rules (sait:*).
 METRIC_RE = re.compile(r"\b(sait_[a-z0-9_]+|sait:[a-z0-9_:]+)\b")
 

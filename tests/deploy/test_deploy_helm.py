@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import CHART_DIR, NAMESPACE, container, find, one
+from conftest import CHART_DIR, NAMESPACE, SCENARIOS, container, find, one
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -14,25 +14,6 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 # is the oldest with schemas worth keeping green) and the newest the validator knows.
 KUBE_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 
-SCENARIOS: dict[str, dict[str, Any]] = {
-    "defaults": {},
-    "gpu-off": {"gpu": {"enabled": False}, "config": {"device": "cpu", "precision": "fp32"}},
-    "autoscaling": {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6}},
-    "pvc-weights": {"weights": {"source": "pvc",
-                                "pvc": {"existingClaim": "sait-weights", "path": "deit/model.safetensors"}}},
-    "hf-cache-claim": {"weights": {"hfCache": {"existingClaim": "hf-cache", "offline": True}}},
-    "ingress": {"ingress": {"enabled": True, "className": "nginx",
-                            "hosts": [{"host": "sait.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
-                            "tls": [{"secretName": "sait-tls", "hosts": ["sait.example.com"]}]}},
-    "service-monitor": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus"}}},
-    "scheduling": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                   "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "inference",
-                                    "effect": "NoSchedule"}],
-                   "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
-                       {"weight": 100, "podAffinityTerm": {
-                           "topologyKey": "kubernetes.io/hostname",
-                           "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "sait-serve"}}}}]}}},
-}
 
 # Custom resources: no schema in kubernetes-validate; their fields are checked by the tests.
 CUSTOM_KINDS = {"ServiceMonitor"}

@@ -1,0 +1,220 @@
+"""End to end on loopback: the real service (tiny random ViT on CPU) scraped by a real
+Prometheus server (Debian's package) running the repository's scrape job and rules. Traffic
+goes in; Prometheus' HTTP API must show the service's metrics, the HPA's recording rule and
+the prometheus-adapter query moving, and answer every dashboard query."""
+
+from __future__ import annotations
+
+import io
+import math
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+from conftest import (ADAPTER_VALUES, METRIC_RE, dashboard_exprs, grafana_to_promql,
+                      recorded_names, simulated_pod_scrape_config, tool)
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("service.app", reason="service not yet landed (service.app)")
+server_module = pytest.importorskip("service.loadgen.server")
+
+NAMESPACE, POD = "e2e", "sait-serve-e2e-0"
+HPA_RULE = "sait:queue_wait_seconds:mean1m"
+SELECTOR = f'{{namespace="{NAMESPACE}",pod="{POD}"}}'
+
+
+def wait_for(check: Callable[[], Any], *, timeout_s: float, what: str) -> Any:
+    """Poll check() every 0.25 s until it returns something truthy; fail after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.25)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+class PrometheusServer:
+    """`prometheus` on 127.0.0.1 with a config file, its data in a temp directory.
+
+    Args:
+        config: the Prometheus configuration to run.
+        workdir: where the config, the TSDB and the log go.
+    """
+
+    def __init__(self, *, config: dict[str, Any], workdir: Path) -> None:
+        self.port = server_module.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_path = workdir / "prometheus.yml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> PrometheusServer:
+        log = (self.workdir / "prometheus.log").open("wb")
+        self.proc = subprocess.Popen(
+            [tool("prometheus"), f"--config.file={self.config_path}",
+             f"--storage.tsdb.path={self.workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+            stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        wait_for(self._ready, timeout_s=30, what="Prometheus /-/ready")
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            pytest.fail(f"prometheus exited: {self.log_tail()}")
+        try:
+            return httpx.get(self.url + "/-/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def api(self, path: str, **params: str) -> Any:
+        response = httpx.get(self.url + "/api/v1/" + path, params=params, timeout=5)
+        body = response.json()
+        assert body["status"] == "success", f"{path} {params}: {body}"
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        return self.api("query", query=expr)["result"]
+
+    def scalar(self, expr: str) -> float | None:
+        """The one sample's value of an instant query, None when it returns nothing."""
+        result = self.query(expr)
+        assert len(result) <= 1, f"{expr} returned {len(result)} series"
+        return float(result[0]["value"][1]) if result else None
+
+    def log_tail(self) -> str:
+        return (self.workdir / "prometheus.log").read_text(errors="replace")[-1500:]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def jpeg_bytes(seed: int) -> bytes:
+    from PIL import Image
+    import numpy as np
+
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(64, 80, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def send_burst(url: str, *, requests: int, concurrency: int) -> int:
+    """POST /v1/classify `requests` times from `concurrency` threads; returns how many got 200."""
+    images = [jpeg_bytes(i) for i in range(4)]
+
+    def one(i: int) -> int:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            response = client.post("/v1/classify", content=images[i % len(images)],
+                                   headers={"content-type": "image/jpeg"})
+            return response.status_code
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        statuses = list(pool.map(one, range(requests)))
+    assert set(statuses) <= {200, 429}, statuses
+    return statuses.count(200)
+
+
+def adapter_query() -> str:
+    """The PromQL prometheus-adapter sends for the HPA's metric, for this test's pod."""
+    (rule,) = yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]["custom"]
+    (series,) = METRIC_RE.findall(rule["seriesQuery"])
+    return (rule["metricsQuery"].replace("<<.Series>>", series)
+            .replace("<<.LabelMatchers>>", f'namespace="{NAMESPACE}",pod=~"{POD}"')
+            .replace("<<.GroupBy>>", "pod"))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """(service, prometheus), both running; stopped after the module's tests."""
+    tool("prometheus")
+    workdir = tmp_path_factory.mktemp("e2e")
+    service = server_module.ServerProcess(
+        settings={"MODEL": "vit_tiny_test", "DEVICE": "cpu", "DRAIN_TIMEOUT_S": "2",
+                  "MAX_QUEUE_DELAY_MS": "5", "MAX_BATCH_SIZE": "8"},
+        ready_timeout_s=60, log_path=workdir / "service.log")
+    config = simulated_pod_scrape_config(address=f"127.0.0.1:{service.port}", namespace=NAMESPACE, pod=POD)
+    # Short intervals keep the test within seconds; everything else is the repository's.
+    config["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
+    prometheus = PrometheusServer(config=config, workdir=workdir)
+    try:
+        service.start()
+        prometheus.start()
+        yield service, prometheus
+    finally:
+        prometheus.stop()
+        service.stop(timeout_s=15)
+
+
+def test_scrape_job_finds_the_pod_and_rules_load(stack):
+    service, prometheus = stack
+
+    def healthy_target():
+        targets = prometheus.api("targets")["activeTargets"]
+        return [t for t in targets if t["health"] == "up"]
+
+    (target,) = wait_for(healthy_target, timeout_s=15, what="the sait-serve target to be up")
+    # The relabelling replaced the discovered port with the prometheus.io/port annotation's.
+    assert target["scrapeUrl"] == f"{service.url}/metrics"
+    assert target["labels"]["namespace"] == NAMESPACE and target["labels"]["pod"] == POD
+    assert target["labels"]["job"] == "sait-serve"
+    groups = prometheus.api("rules")["groups"]
+    loaded = {r["name"] for g in groups for r in g["rules"]}
+    assert recorded_names() <= loaded
+    assert {"SaitDeadlineMissBurnRateFast", "SaitShedding", "SaitNotReady"} <= loaded
+    wait_for(lambda: prometheus.scalar(f"sait_ready{SELECTOR}") == 1.0, timeout_s=10, what="sait_ready == 1")
+
+
+def test_traffic_moves_the_metrics_and_the_hpa_signal(stack):
+    service, prometheus = stack
+    wait_for(lambda: prometheus.scalar(f"up{SELECTOR}") == 1.0, timeout_s=15, what="a first scrape")
+    requests_expr = f'sum(sait_requests_total{{namespace="{NAMESPACE}",pod="{POD}",outcome="ok"}})'
+    before = prometheus.scalar(requests_expr) or 0.0
+
+    ok = send_burst(service.url, requests=48, concurrency=8)
+    assert ok > 0
+    # Counters move by exactly what the client saw answered.
+    wait_for(lambda: (prometheus.scalar(requests_expr) or 0.0) >= before + ok, timeout_s=15,
+             what=f"sait_requests_total to grow by {ok}")
+    assert prometheus.scalar(requests_expr) == before + ok
+
+    # The recording rule behind the HPA, per pod, and what prometheus-adapter would serve.
+    queue_wait = wait_for(lambda: prometheus.scalar(HPA_RULE + SELECTOR), timeout_s=15,
+                          what=f"{HPA_RULE} > 0")
+    assert 0 < queue_wait < 30 and math.isfinite(queue_wait)
+    served = prometheus.query(adapter_query())
+    assert [s["metric"] for s in served] == [{"pod": POD}]
+    assert float(served[0]["value"][1]) > 0
+
+    goodput = wait_for(lambda: prometheus.scalar(f"sait:goodput:rate1m{SELECTOR}"), timeout_s=10,
+                       what="sait:goodput:rate1m > 0")
+    assert goodput > 0
+    attainment = prometheus.scalar(f'sait:deadline_attainment:ratio_rate5m{{namespace="{NAMESPACE}"}}')
+    assert attainment is not None and 0 <= attainment <= 1
+    levels = prometheus.query(f'sait:requests_by_level:rate1m{{namespace="{NAMESPACE}"}}')
+    assert levels and all(s["metric"]["level"] != "none" for s in levels)
+
+    # A second burst moves the counters again.
+    count_expr = f"sum(sait_queue_duration_seconds_count{SELECTOR})"
+    first = prometheus.scalar(count_expr)
+    ok2 = send_burst(service.url, requests=16, concurrency=4)
+    wait_for(lambda: (prometheus.scalar(count_expr) or 0) >= first + ok2, timeout_s=15,
+             what="the queue histogram to count the second burst")
+
+
+def test_every_dashboard_query_runs(stack):
+    _, prometheus = stack
+    for expr in dashboard_exprs():
+        prometheus.query(grafana_to_promql(expr))
