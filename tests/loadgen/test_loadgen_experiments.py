@@ -1,0 +1,64 @@
+"""Pure parts of the overload experiment and the soak: targets, drift, doc blocks."""
+
+import math
+
+from service.loadgen.client import Result
+from service.loadgen.docblock import replace_block
+from service.loadgen.overload import BEGIN, END, _find_levels, check_targets, markdown, served_top1
+from service.loadgen.report import summarize
+from service.loadgen.soak import drift
+
+
+def row(policy, load_x, *, goodput, attainment, shed, dense_frac):
+    return {"policy": policy, "load_x": load_x, "goodput_rps": goodput, "attainment": attainment,
+            "shed_fraction": shed, "level_fractions": {"dense": dense_frac, "l050": 1 - dense_frac}}
+
+
+def test_targets_pass_and_fail():
+    rows = [row("adaptive", 2.0, goodput=40, attainment=0.995, shed=0.03, dense_frac=0.1),
+            row("fixed:dense", 2.0, goodput=20, attainment=0.4, shed=0.0, dense_frac=1.0),
+            row("adaptive", 0.5, goodput=10, attainment=1.0, shed=0.0, dense_frac=0.9)]
+    checks = {c["target"]: c for c in check_targets(rows, ["adaptive", "fixed:dense"])}
+    assert checks["adaptive at 2x: deadline met for admitted >= 0.99"]["pass"]
+    assert checks["adaptive at 2x: shed fraction <= 0.05"]["pass"]
+    assert checks["adaptive / fixed-dense goodput at 2x >= 1.8"]["value"] == 2.0
+    dense = checks["adaptive at 0.5x: dense fraction >= 0.95"]
+    assert dense["value"] == 0.9 and not dense["pass"]
+
+
+def test_markdown_table_and_block_replacement(tmp_path):
+    results = [Result(index=i, cls="b", scheduled_s=i / 10, budget_ms=100, outcome="ok", latency_ms=20.0,
+                      level="dense") for i in range(10)]
+    s = summarize(results, duration_s=1.0)
+    doc = {"capacity": {"capacity_rps": 10.0}, "cpu": "Test CPU", "model": "m", "api": "v1", "budget_ms": 100,
+           "point_s": 1, "settings": {}, "wall_s": 60, "command": "python -m service.loadgen.overload",
+           "rows": [{"policy": "adaptive", "load_x": 1.0, "served_top1": 0.8, **s}], "targets": []}
+    docs = tmp_path / "docs" / "loadtest.md"
+    docs.parent.mkdir()
+    docs.write_text(f"# title\n\n{BEGIN}\nold\n{END}\n\n## after\n")
+    text = markdown(doc, tmp_path / "docs" / "sweep.png", docs)
+    assert "| adaptive | 1x | 10.0 | 10.0 | 100.0% |" in text and "Test CPU" in text
+    replace_block(docs, text, begin=BEGIN, end=END)
+    out = docs.read_text()
+    assert out.startswith("# title") and out.rstrip().endswith("## after")
+    assert "old" not in out and "](sweep.png)" in out
+    replace_block(docs, text, begin=BEGIN, end=END)
+    assert docs.read_text() == out  # idempotent
+
+
+def test_levels_found_in_config_and_card_accuracy():
+    assert _find_levels({"parameters": {"x": 1, "sait": {"levels": ["dense", "l050"]}}}) == ["dense", "l050"]
+    assert _find_levels({"a": 1}) == []
+    assert served_top1({"dense": 0.5, "l050": 0.5}, {"dense": 0.8, "l050": 0.7}) == 0.75
+    assert math.isnan(served_top1({"l040": 1.0}, {"dense": 0.8}))
+
+
+def test_soak_drift_compares_first_and_last_quarter():
+    results = [Result(index=i, cls="s", scheduled_s=i * 0.1, budget_ms=1000, outcome="ok",
+                      latency_ms=10.0 if i < 500 else 12.0) for i in range(1000)]
+    samples = [(t, 100 * 2**20 + (2**20 if t >= 50 else 0)) for t in range(100)]
+    d = drift(results, samples, warmup_s=20, duration_s=100)
+    assert d["first_window_s"] == (20, 40) and d["last_window_s"] == (80, 100)
+    assert d["rss_growth"] == 0.01 and d["targets"]["rss_growth < 5%"]
+    assert abs(d["p99_drift"] - 0.2) < 1e-9 and not d["targets"]["p99_drift < 10%"]
+    assert d["errors"] == 0 and d["targets"]["zero errors"]
