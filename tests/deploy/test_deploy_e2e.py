@@ -142,8 +142,9 @@ def stack(tmp_path_factory):
     tool("prometheus")
     workdir = tmp_path_factory.mktemp("e2e")
     service = server_module.ServerProcess(
+        # fixed:dense keeps one level series, so the warm-up burst creates every series.
         settings={"MODEL": "vit_tiny_test", "DEVICE": "cpu", "DRAIN_TIMEOUT_S": "2",
-                  "MAX_QUEUE_DELAY_MS": "5", "MAX_BATCH_SIZE": "8"},
+                  "POLICY": "fixed:dense", "MAX_QUEUE_DELAY_MS": "5", "MAX_BATCH_SIZE": "8"},
         ready_timeout_s=60, log_path=workdir / "service.log")
     config = simulated_pod_scrape_config(address=f"127.0.0.1:{service.port}", namespace=NAMESPACE, pod=POD)
     # Short intervals keep the test within seconds; everything else is the repository's.
@@ -180,20 +181,29 @@ def test_scrape_job_finds_the_pod_and_rules_load(stack):
 def test_traffic_moves_the_metrics_and_the_hpa_signal(stack):
     service, prometheus = stack
     wait_for(lambda: prometheus.scalar(f"up{SELECTOR}") == 1.0, timeout_s=15, what="a first scrape")
-    requests_expr = f'sum(sait_requests_total{{namespace="{NAMESPACE}",pod="{POD}",outcome="ok"}})'
-    before = prometheus.scalar(requests_expr) or 0.0
+    # Warm-up burst: a labelled series first appears with its count already > 0, and rate()
+    # cannot see an increase in a series' first sample; the measured burst comes after
+    # Prometheus has scraped the series once.
+    count_expr = f"sum(sait_queue_duration_seconds_count{SELECTOR})"
+    warm = send_burst(service.url, requests=8, concurrency=4)
+    wait_for(lambda: (prometheus.scalar(count_expr) or 0) >= warm, timeout_s=15,
+             what="the warm-up burst to be scraped")
+    assert prometheus.scalar(HPA_RULE + SELECTOR) in (None, 0.0)
 
+    requests_expr = f'sum(sait_requests_total{{namespace="{NAMESPACE}",pod="{POD}",outcome="ok"}})'
+    before = prometheus.scalar(requests_expr)
     ok = send_burst(service.url, requests=48, concurrency=8)
     assert ok > 0
     # Counters move by exactly what the client saw answered.
-    wait_for(lambda: (prometheus.scalar(requests_expr) or 0.0) >= before + ok, timeout_s=15,
+    wait_for(lambda: prometheus.scalar(requests_expr) >= before + ok, timeout_s=15,
              what=f"sait_requests_total to grow by {ok}")
     assert prometheus.scalar(requests_expr) == before + ok
 
-    # The recording rule behind the HPA, per pod, and what prometheus-adapter would serve.
+    # The recording rule behind the HPA moves from 0 to the mean queue wait of the burst.
     queue_wait = wait_for(lambda: prometheus.scalar(HPA_RULE + SELECTOR), timeout_s=15,
                           what=f"{HPA_RULE} > 0")
     assert 0 < queue_wait < 30 and math.isfinite(queue_wait)
+    # prometheus-adapter's query for the HPA returns it for this pod.
     served = prometheus.query(adapter_query())
     assert [s["metric"] for s in served] == [{"pod": POD}]
     assert float(served[0]["value"][1]) > 0
@@ -202,16 +212,9 @@ def test_traffic_moves_the_metrics_and_the_hpa_signal(stack):
                        what="sait:goodput:rate1m > 0")
     assert goodput > 0
     attainment = prometheus.scalar(f'sait:deadline_attainment:ratio_rate5m{{namespace="{NAMESPACE}"}}')
-    assert attainment is not None and 0 <= attainment <= 1
+    assert attainment is not None and 0 < attainment <= 1
     levels = prometheus.query(f'sait:requests_by_level:rate1m{{namespace="{NAMESPACE}"}}')
-    assert levels and all(s["metric"]["level"] != "none" for s in levels)
-
-    # A second burst moves the counters again.
-    count_expr = f"sum(sait_queue_duration_seconds_count{SELECTOR})"
-    first = prometheus.scalar(count_expr)
-    ok2 = send_burst(service.url, requests=16, concurrency=4)
-    wait_for(lambda: (prometheus.scalar(count_expr) or 0) >= first + ok2, timeout_s=15,
-             what="the queue histogram to count the second burst")
+    assert [s["metric"]["level"] for s in levels if float(s["value"][1]) > 0] == ["dense"]
 
 
 def test_every_dashboard_query_runs(stack):
