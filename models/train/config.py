@@ -1,0 +1,107 @@
+"""Settings of one training run (`python -m models.train --help` lists them as flags)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# The settings a resumed run must share with the run that wrote the checkpoint.
+RESUME_KEYS = ("model", "batch_size", "seed", "epochs", "max_steps", "levels", "random_levels")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One dense/sparse self-distillation run.
+
+    Args:
+        model: timm model name (or `vit_tiny_test`).
+        weights: starting weights file (.safetensors/.pth); None: timm's pretrained weights.
+        data_dir: folder of training images.
+        labels_csv: CSV `filename,class_index` (class_index may be empty); default data_dir/labels.csv.
+        out_dir: where checkpoints, the exported model, history and loss curves go.
+        epochs: passes over the data (the schedule length unless max_steps is set).
+        max_steps: schedule length in optimizer steps (overrides epochs).
+        stop_after: stop (with a checkpoint) after this step, keeping the full schedule; for
+            splitting one run over several sessions with --resume.
+        max_minutes: stop (with a checkpoint) once this much wall time has passed.
+        batch_size: images per step (every sampled level sees the same batch).
+        lr / min_lr / warmup_steps / weight_decay / clip_grad: AdamW with linear warm-up then
+            cosine decay to min_lr; gradient norm clipped to clip_grad.
+        temperature: softening of teacher and student logits in the KL term.
+        ce_weight: weight of cross-entropy on images that carry a label.
+        token_weight: weight of the token-score term (0 turns it off).
+        teacher_attn_block: teacher block whose class attention the early scores learn (-1: last).
+        levels: level names to train (default: all of the model's).
+        random_levels: levels sampled per step between the densest and the sparsest.
+        augment: timm training augmentation (random resized crop, flip, RandAugment); off:
+            the eval transform.
+        auto_augment: timm auto-augment spec.
+        crop_scale_min: smallest area fraction of the random resized crop.
+        mixup_alpha: mixup Beta(alpha, alpha); 0 turns mixup off.
+        num_workers: data loader processes.
+        seed: fixes data order, augmentation, level sampling and mixup per step.
+        device: "auto", "cpu" or "cuda" (bf16 autocast on CUDA).
+        save_every: checkpoint every this many steps (and at the end).
+        export_dtype: dtype of the exported model.safetensors ("fp16" or "fp32").
+        resume: continue from out_dir/checkpoint when it exists.
+        progress: show a tqdm progress bar.
+    """
+
+    model: str = "deit_tiny_patch16_224"
+    weights: str | None = None
+    data_dir: str = "../shared/assets/distill-pool"
+    labels_csv: str | None = None
+    out_dir: str = "runs/sait"
+    epochs: int = 20
+    max_steps: int | None = None
+    stop_after: int | None = None
+    max_minutes: float | None = None
+    batch_size: int = 128
+    lr: float = 5e-5
+    min_lr: float = 1e-6
+    warmup_steps: int = 50
+    weight_decay: float = 0.05
+    clip_grad: float = 1.0
+    temperature: float = 1.0
+    ce_weight: float = 0.25
+    token_weight: float = 0.1
+    teacher_attn_block: int = -1
+    levels: tuple[str, ...] | None = None
+    random_levels: int = 1
+    augment: bool = True
+    auto_augment: str = "rand-m9-mstd0.5-inc1"
+    crop_scale_min: float = 0.25
+    mixup_alpha: float = 0.0
+    num_workers: int = 4
+    seed: int = 0
+    device: str = "auto"
+    save_every: int = 200
+    export_dtype: str = "fp16"
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        checks = [
+            (self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
+            (self.lr > 0 and self.min_lr >= 0, "lr must be > 0 and min_lr >= 0"),
+            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+            (self.ce_weight >= 0 and self.token_weight >= 0, "loss weights must be >= 0"),
+            (self.random_levels >= 0, f"random_levels must be >= 0, got {self.random_levels}"),
+            (self.mixup_alpha >= 0, f"mixup_alpha must be >= 0, got {self.mixup_alpha}"),
+            (0 < self.crop_scale_min <= 1, f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}"),
+            (self.export_dtype in ("fp16", "fp32"), f"export_dtype must be fp16 or fp32, got {self.export_dtype}"),
+            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+    @property
+    def labels_path(self) -> Path:
+        return Path(self.labels_csv) if self.labels_csv else Path(self.data_dir) / "labels.csv"
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["levels"] = list(self.levels) if self.levels else None
+        return d

@@ -1,0 +1,208 @@
+"""The dense/sparse self-distillation loop (SaiT, arXiv 2210.05832, with slimmable sampling).
+
+Each step: the frozen teacher (a copy of the original dense model) labels the batch once; the
+student (the shared weights) then runs at the dense level, the sparsest level and
+`random_levels` levels between them ("sandwich rule" of slimmable networks), each level's loss
+is backpropagated on its own (gradients accumulate, memory stays that of one level), and one
+AdamW step follows. Level sampling, mixup and augmentation are seeded per step, so a resumed
+run is the uninterrupted run.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from models import DENSE, SparseViT, load_model
+from models.train.checkpoint import export_weights, has_checkpoint, load_checkpoint, save_checkpoint
+from models.train.config import RESUME_KEYS, TrainConfig
+from models.train.curves import plot_curves
+from models.train.data import SeededImages, TrainDataError, build_transform, epoch_loader, read_train_labels
+from models.train.losses import distill_kl, labelled_ce, token_kl
+from models.train.scores import dense_with_class_attention
+
+
+def lr_at(step: int, *, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over warmup_steps, then cosine decay from lr to min_lr."""
+    warm = min(cfg.warmup_steps, max(total - 1, 0))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    progress = (step - warm) / max(total - warm, 1)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def ordered_levels(model: SparseViT, names: tuple[str, ...] | None) -> list[str]:
+    """Training levels, densest first; dense is always trained (it must keep its accuracy)."""
+    for n in names or ():
+        model.level(n)  # KeyError with the known names
+    chosen = set(names or model.levels) | {DENSE}
+    return sorted(chosen, key=lambda n: -model.level(n).gflops)
+
+
+def sample_levels(levels: list[str], *, k: int, rng: random.Random) -> list[str]:
+    """Densest and sparsest always, plus k distinct levels from between them."""
+    middle = levels[1:-1]
+    picked = rng.sample(middle, min(k, len(middle)))
+    return [levels[0], *sorted(picked, key=levels.index), levels[-1]] if len(levels) > 1 else levels
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on norms, biases, position embedding and class token (timm's rule)."""
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but CUDA is not available")
+    return torch.device(name)
+
+
+class Trainer:
+    """Holds the models, optimizer and data of one run.
+
+    Args:
+        cfg: the run's settings.
+    """
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.device = resolve_device(cfg.device)
+        self.student = load_model(cfg.model, cfg.weights).to(self.device)
+        self.teacher = copy.deepcopy(self.student).eval().requires_grad_(False)
+        self.student.train()
+        self.levels = ordered_levels(self.student, cfg.levels)
+        if len(self.levels) < 2:
+            raise ValueError("training needs at least one sparse level besides dense")
+        depth = self.student.shape.depth
+        self.probe_block = min(s.block for n in self.levels[1:] for s in self.student.level(n).schedule[:1])
+        self.teacher_block = cfg.teacher_attn_block % depth
+        rows = read_train_labels(cfg.data_dir, cfg.labels_path)
+        self.steps_per_epoch = len(rows) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise TrainDataError(f"{len(rows)} training images are fewer than one batch of {cfg.batch_size}")
+        transform = build_transform(self.student.data_config, augment=cfg.augment,
+                                    auto_augment=cfg.auto_augment, crop_scale_min=cfg.crop_scale_min)
+        self.dataset = SeededImages(rows, transform)
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.optimizer = torch.optim.AdamW(param_groups(self.student.timm_model, cfg.weight_decay),
+                                           lr=cfg.lr, betas=(0.9, 0.999))
+        self.step = 0
+        self.history: list[dict] = []
+
+    # -- one step -------------------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def train_step(self, x: torch.Tensor, labels: torch.Tensor) -> dict:
+        cfg = self.cfg
+        rng = random.Random(cfg.seed * 7_919 + self.step)
+        lr = lr_at(self.step, total=self.total_steps, cfg=cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x = x.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        mix = None
+        if cfg.mixup_alpha > 0:
+            lam = rng.betavariate(cfg.mixup_alpha, cfg.mixup_alpha)
+            x = lam * x + (1 - lam) * x.flip(0)
+            mix = (labels.flip(0), lam)
+        use_tokens = cfg.token_weight > 0
+        with torch.no_grad(), self._autocast():
+            if use_tokens:
+                t_logits, t_rows = dense_with_class_attention(self.teacher, x, {self.teacher_block})
+                t_attn = t_rows[self.teacher_block]
+            else:
+                t_logits = self.teacher(x, level=DENSE)
+        sampled = sample_levels(self.levels, k=cfg.random_levels, rng=rng)
+        kd_by_level, total, ce_sum, token = {}, 0.0, 0.0, 0.0
+        for name in sampled:
+            with self._autocast():
+                tok = None
+                if name == DENSE and use_tokens:
+                    logits, rows = dense_with_class_attention(self.student, x, {self.probe_block})
+                    tok = token_kl(rows[self.probe_block], t_attn)
+                else:
+                    logits = self.student(x, level=name)
+                kd = distill_kl(logits, t_logits, cfg.temperature)
+                ce = labelled_ce(logits, labels, mix=mix)
+                loss = kd + cfg.ce_weight * ce + (cfg.token_weight * tok if tok is not None else 0.0)
+            (loss / len(sampled)).backward()
+            kd_by_level[name] = kd.item()
+            ce_sum += ce.item()
+            total += loss.item() / len(sampled)
+            if tok is not None:
+                token = tok.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {"step": self.step, "lr": lr, "loss": total, "kd": kd_by_level, "ce": ce_sum / len(sampled),
+                "token": token, "grad_norm": float(grad_norm), "levels": sampled}
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def save(self) -> Path:
+        trainer = {"step": self.step, "total_steps": self.total_steps, "config": self.cfg.as_dict(),
+                   "history": self.history}
+        return save_checkpoint(self.cfg.out_dir, model=self.student.timm_model, optimizer=self.optimizer, trainer=trainer)
+
+    def resume(self) -> None:
+        state = load_checkpoint(self.cfg.out_dir, model=self.student.timm_model, optimizer=self.optimizer)
+        saved, now = state["config"], self.cfg.as_dict()
+        differ = [k for k in RESUME_KEYS if saved.get(k) != now.get(k)]
+        if differ:
+            raise ValueError(f"cannot resume: {', '.join(f'{k}={saved.get(k)!r}' for k in differ)} in the checkpoint "
+                             f"differ from this run's settings")
+        self.step = int(state["step"])
+        self.history = list(state["history"])
+
+    # -- the run --------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.cfg
+        out = Path(cfg.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.resume and has_checkpoint(out):
+            self.resume()
+        stop = min(self.total_steps, cfg.stop_after or self.total_steps)
+        started = time.monotonic()
+        bar = tqdm(total=stop, initial=self.step, desc="train", unit="step", disable=not cfg.progress)
+        timed_out = False
+        while self.step < stop and not timed_out:
+            epoch, skip = divmod(self.step, self.steps_per_epoch)
+            loader = epoch_loader(self.dataset, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                                  skip_batches=skip, num_workers=cfg.num_workers,
+                                  pin_memory=self.device.type == "cuda")
+            for x, labels in loader:
+                record = self.train_step(x, labels)
+                self.history.append(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                if self.step % cfg.save_every == 0:
+                    self.save()
+                timed_out = cfg.max_minutes is not None and time.monotonic() - started > cfg.max_minutes * 60
+                if self.step >= stop or timed_out:
+                    break
+        bar.close()
+        self.save()
+        weights = export_weights(out / "model.safetensors", self.student.timm_model, dtype=cfg.export_dtype)
+        curves = plot_curves(self.history, out / "loss_curves.png", dense=self.levels[0], sparsest=self.levels[-1])
+        return {"step": self.step, "total_steps": self.total_steps, "finished": self.step >= self.total_steps,
+                "stopped_by_time": timed_out, "wall_s": round(time.monotonic() - started, 1),
+                "weights": str(weights), "curves": str(curves) if curves else None,
+                "last": self.history[-1] if self.history else None}
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) one training run; returns a summary."""
+    return Trainer(cfg).run()
