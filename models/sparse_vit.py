@@ -98,7 +98,7 @@ class SparseViT(nn.Module):
         x = state.x + blk.drop_path1(blk.ls1(attn_out))
         state = TokenState(x=x, size=state.size)
         if step is not None:
-            state = reduce_tokens(step, state, cls_attn=cls_attn, keys=keys)
+            state = reduce_tokens(step, state, cls_attn=cls_attn, keys=keys, num_blocks=self.shape.depth)
         x = state.x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(state.x))))
         return TokenState(x=x, size=state.size)
 
