@@ -1,0 +1,222 @@
+"""The controller: which level serves a request, or whether to refuse it now.
+
+`choose_level` is a pure function of (the request's dial, a load snapshot, a latency model,
+the policy); it reads no clock and touches no queue, so tables of cases test it directly.
+
+Rules, in order:
+1. Queue full (queued images + this request > SAIT_QUEUE_LIMIT): shed (429).
+2. Candidates: the request's `density` pins one level; else a `fixed:<density>` policy pins
+   one; else `min_accuracy` allows the levels whose card accuracy meets it; else every level.
+3. Predicted completion of the request at a level L, queue-aware: the remaining time of the
+   batch in flight, plus draining every other level's queue, plus draining L's queue with
+   this request's images in it, plus the batching delay when its batch would not be full.
+4. Deadline: the budget (the request's, else SAIT_DEFAULT_BUDGET_MS), less the safety margin,
+   less the time already spent (decoding). The densest candidate predicted to finish within
+   it serves the request — except that `min_accuracy` without a budget asks for the fastest
+   level that meets the floor. No candidate in time: shed (429, Retry-After) rather than
+   serving late.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from service.errors import BadRequest, Shed
+
+REASONS = ("budget", "density", "accuracy", "policy")
+
+
+class LatencyPredictor(Protocol):
+    def predict_ms(self, level: str, batch_size: int) -> float: ...
+
+
+@dataclass(frozen=True)
+class LevelInfo:
+    """What the controller knows about a level.
+
+    Args:
+        name: level name ("dense", "l070", ...).
+        gflops_ratio: GFLOPs relative to dense (1.0 for dense).
+        accuracy: card accuracy as a fraction (None without a card).
+    """
+
+    name: str
+    gflops_ratio: float
+    accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class Dial:
+    """What one request asked for.
+
+    Args:
+        density: a level name, or a number in (0, 1]; None for no pin.
+        latency_budget_ms: end-to-end budget; None for the server default.
+        min_accuracy: accuracy floor in (0, 1]; None for none.
+        images: images in the request.
+        elapsed_ms: time already spent on it (receiving, decoding) when the controller runs.
+    """
+
+    density: str | float | None = None
+    latency_budget_ms: float | None = None
+    min_accuracy: float | None = None
+    images: int = 1
+    elapsed_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class LoadSnapshot:
+    """The load when the request arrives.
+
+    Args:
+        queued: images waiting per level.
+        busy_ms: predicted remaining compute of the batch now running (0 when idle).
+    """
+
+    queued: Mapping[str, int] = field(default_factory=dict)
+    busy_ms: float = 0.0
+
+    @property
+    def total_queued(self) -> int:
+        return sum(self.queued.values())
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Server-wide settings the controller applies.
+
+    Args:
+        fixed_density: for `fixed:<density>`, the density text; None for adaptive.
+        default_budget_ms: budget of a request that gives none.
+        safety_margin: fraction of the budget kept as margin.
+        max_batch_size: largest batch.
+        max_queue_delay_ms: longest wait to fill a batch.
+        queue_limit: queued images before shedding.
+    """
+
+    fixed_density: str | None = None
+    default_budget_ms: float = 1000.0
+    safety_margin: float = 0.1
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 5.0
+    queue_limit: int = 512
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The level that serves the request, why, and the deadline it was admitted against."""
+
+    level: str
+    reason: str
+    predicted_ms: float
+    budget_ms: float
+
+
+def parse_density(value: str | float) -> str | float:
+    """A level name stays a name; a number must lie in (0, 1]."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = float(text)
+        except ValueError:
+            if not text:
+                raise BadRequest("density is empty") from None
+            return text
+    if isinstance(value, bool) or not math.isfinite(float(value)) or not 0 < float(value) <= 1:
+        raise BadRequest(f"density {value!r} is out of range: give a level name or a number in (0, 1]")
+    return float(value)
+
+
+def resolve_density(density: str | float, levels: Sequence[LevelInfo]) -> LevelInfo:
+    """A level name, or the densest level whose GFLOPs ratio does not exceed the number."""
+    density = parse_density(density)
+    if isinstance(density, str):
+        for lv in levels:
+            if lv.name == density:
+                return lv
+        raise BadRequest(f"unknown level {density!r}; served levels: {', '.join(lv.name for lv in levels)}")
+    fitting = [lv for lv in levels if lv.gflops_ratio <= density + 1e-9]
+    if not fitting:
+        sparsest = min(levels, key=lambda lv: lv.gflops_ratio)
+        raise BadRequest(
+            f"density {density} is below the sparsest served level {sparsest.name} "
+            f"(GFLOPs ratio {sparsest.gflops_ratio:.3f})"
+        )
+    return max(fitting, key=lambda lv: lv.gflops_ratio)
+
+
+def drain_ms(latency: LatencyPredictor, level: str, images: int, max_batch_size: int) -> float:
+    """Compute time of `images` at `level`, run in batches of at most max_batch_size."""
+    full, rest = divmod(images, max_batch_size)
+    return full * latency.predict_ms(level, max_batch_size) + (latency.predict_ms(level, rest) if rest else 0.0)
+
+
+def predicted_completion_ms(level: str, images: int, load: LoadSnapshot, latency: LatencyPredictor,
+                            policy: Policy) -> float:
+    """When a request of `images` joining `level`'s queue now is predicted to finish (ms from now)."""
+    ahead = load.busy_ms
+    for other, queued in load.queued.items():
+        if other != level and queued > 0:
+            ahead += drain_ms(latency, other, queued, policy.max_batch_size)
+    mine = load.queued.get(level, 0) + images
+    ahead += drain_ms(latency, level, mine, policy.max_batch_size)
+    if mine % policy.max_batch_size:
+        ahead += policy.max_queue_delay_ms  # a batch that is not full may wait to fill
+    return ahead
+
+
+def choose_level(dial: Dial, load: LoadSnapshot, latency: LatencyPredictor, *, levels: Sequence[LevelInfo],
+                 policy: Policy) -> Decision:
+    """The level for this request, or Shed/BadRequest. Pure: no clock, no side effects."""
+    if not levels:
+        raise ValueError("no levels to choose from")
+    if load.total_queued + dial.images > policy.queue_limit:
+        wait_ms = load.busy_ms + sum(drain_ms(latency, lv, q, policy.max_batch_size) for lv, q in load.queued.items())
+        raise Shed(f"queue full: {load.total_queued} images queued, limit {policy.queue_limit} (SAIT_QUEUE_LIMIT)",
+                   retry_after_s=wait_ms / 1e3)
+    budget_ms = dial.latency_budget_ms if dial.latency_budget_ms is not None else policy.default_budget_ms
+    usable_ms = budget_ms * (1.0 - policy.safety_margin) - dial.elapsed_ms
+
+    fastest_first = False
+    if dial.density is not None:
+        candidates, reason = [resolve_density(dial.density, levels)], "density"
+    elif dial.min_accuracy is not None:
+        candidates = levels_meeting(dial.min_accuracy, levels)
+        reason = "accuracy" if dial.latency_budget_ms is None else "budget"
+        fastest_first = dial.latency_budget_ms is None
+    elif policy.fixed_density is not None:
+        candidates, reason = [resolve_density(policy.fixed_density, levels)], "policy"
+    else:
+        candidates, reason = list(levels), "budget"
+
+    order = sorted(candidates, key=lambda lv: lv.gflops_ratio, reverse=not fastest_first)
+    best_ms = math.inf
+    for lv in order:
+        ms = predicted_completion_ms(lv.name, dial.images, load, latency, policy)
+        best_ms = min(best_ms, ms)
+        if ms <= usable_ms:
+            return Decision(level=lv.name, reason=reason, predicted_ms=ms, budget_ms=budget_ms)
+    names = ", ".join(lv.name for lv in order)
+    raise Shed(
+        f"cannot meet the {budget_ms:g} ms budget: predicted {best_ms:.0f} ms at the fastest allowed level "
+        f"({names}) with {load.total_queued} images queued",
+        retry_after_s=max(best_ms - usable_ms, 0.0) / 1e3,
+    )
+
+
+def levels_meeting(min_accuracy: float, levels: Sequence[LevelInfo]) -> list[LevelInfo]:
+    """Levels whose card accuracy is at least the floor; BadRequest when none or no card."""
+    if isinstance(min_accuracy, bool) or not math.isfinite(min_accuracy) or not 0 < min_accuracy <= 1:
+        raise BadRequest(f"min_accuracy {min_accuracy!r} is out of range: give a fraction in (0, 1]")
+    known = [lv for lv in levels if lv.accuracy is not None]
+    if not known:
+        raise BadRequest("min_accuracy needs a level card with measured accuracy; none is loaded "
+                         "(set SAIT_LEVEL_CARD)")
+    meeting = [lv for lv in known if lv.accuracy >= min_accuracy - 1e-12]
+    if not meeting:
+        best = max(known, key=lambda lv: lv.accuracy)
+        raise BadRequest(f"no level reaches min_accuracy {min_accuracy}: the best is {best.name} "
+                         f"with {best.accuracy:.4f}")
+    return meeting

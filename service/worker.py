@@ -1,0 +1,139 @@
+"""The one inference thread: it alone owns the model and the device (invariant 4).
+
+It takes batches from the batcher, runs them, and hands each image its result through the
+item's callback. Expired images are answered 504 without compute. A batch that raises fails
+only its own images (500) and the loop goes on; nothing a batch does stops the thread.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+from service.batcher import Batch, Batcher
+from service.errors import Expired, InternalError
+from service.latency_model import LatencyModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """One image's result.
+
+    Args:
+        probs: float32 [C] probabilities.
+        topk_values, topk_indices: the runner's top-k for this image.
+        queue_s: time in the queue before its batch started.
+        compute_s: compute time of its batch.
+        batch_size: images in its batch.
+    """
+
+    probs: torch.Tensor
+    topk_values: torch.Tensor
+    topk_indices: torch.Tensor
+    queue_s: float
+    compute_s: float
+    batch_size: int
+
+
+class InferenceWorker:
+    """Runs batches from `batcher` with `runner` on a dedicated thread.
+
+    Args:
+        runner: a service.runner.Runner (warmed up).
+        batcher: the queues.
+        latency: corrected online with each measured batch.
+        on_batch: called after every batch with (level, size, compute_s, queue_s list) for metrics.
+    """
+
+    def __init__(self, *, runner, batcher: Batcher, latency: LatencyModel, on_batch=None):
+        self.runner = runner
+        self.batcher = batcher
+        self.latency = latency
+        self.on_batch = on_batch
+        self._busy: tuple[float, float] | None = None  # (start perf_counter, predicted s)
+        self._thread = threading.Thread(target=self._loop, name="inference-worker", daemon=True)
+        self._stop = threading.Event()
+        self.batches_run = 0
+        self.batches_failed = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Finish what is queued (the batcher is closed by the caller), then end the thread."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def busy_ms(self) -> float:
+        """Predicted remaining compute of the batch now running (0 when idle)."""
+        busy = self._busy
+        if busy is None:
+            return 0.0
+        start, predicted_s = busy
+        return max(0.0, start + predicted_s - time.perf_counter()) * 1e3
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                batch = self.batcher.next_batch(timeout_s=0.1)
+            except Exception:  # never expected; the loop must outlive it
+                log.exception("batcher failed")
+                continue
+            if batch is None:
+                if self._stop.is_set() and (self.batcher.closed and not any(self.batcher.snapshot().values())):
+                    return
+                continue
+            self._handle(batch)
+
+    def _handle(self, batch: Batch) -> None:
+        for item in batch.expired:
+            _deliver(item, Expired(
+                f"deadline passed after {(time.perf_counter() - item.enqueued_s) * 1e3:.0f} ms in the queue; "
+                f"not computed"))
+        if not batch.items:
+            return
+        level, items = batch.level, batch.items
+        start = time.perf_counter()
+        self._busy = (start, self.latency.predict_ms(level, len(items)) / 1e3)
+        queue_s = [start - it.enqueued_s for it in items]
+        try:
+            x = torch.stack([it.image for it in items])
+            out = self.runner.run(level, x)
+        except Exception as exc:  # the batch fails; its requests get 500, the thread lives on
+            self._busy = None
+            self.batches_failed += 1
+            log.exception("batch of %d at level %s failed", len(items), level)
+            error = InternalError(f"inference failed for this batch: {type(exc).__name__}: {exc}"[:300])
+            for item in items:
+                _deliver(item, error)
+            return
+        compute_s = time.perf_counter() - start
+        self._busy = None
+        self.batches_run += 1
+        self.latency.observe(level, len(items), compute_s * 1e3)
+        if self.on_batch is not None:
+            try:
+                self.on_batch(level, len(items), compute_s, queue_s)
+            except Exception:
+                log.exception("batch metrics failed")
+        for i, item in enumerate(items):
+            _deliver(item, ItemResult(
+                probs=out.probs[i], topk_values=out.topk_values[i], topk_indices=out.topk_indices[i],
+                queue_s=queue_s[i], compute_s=compute_s, batch_size=len(items),
+            ))
+
+
+def _deliver(item, result) -> None:
+    try:
+        item.on_done(result)
+    except Exception:  # a closed loop or a cancelled request must not kill the worker
+        log.exception("delivering a result failed")
