@@ -1,0 +1,57 @@
+"""What a benchmark ran on: device, CPU model, torch/CUDA versions (every report names them)."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+
+import torch
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as `lscpu` prints it (falls back to /proc/cpuinfo, then platform)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def describe(device: torch.device) -> dict:
+    """A JSON-able description of the machine and software for a report header."""
+    env = {
+        "device": str(device),
+        "device_name": cpu_model() if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "cpu": cpu_model(),
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        env["gpu_capability"] = f"{props.major}.{props.minor}"
+    return env
+
+
+def headline(env: dict) -> str:
+    """One line for a markdown report."""
+    if env["device"].startswith("cuda"):
+        dev = f"GPU {env['device_name']} ({env.get('gpu_memory_gib', '?')} GiB), host CPU {env['cpu']}"
+    else:
+        dev = f"CPU {env['device_name']} ({env['cpu_threads']} torch threads, {env['cpu_count']} cores visible)"
+    cuda = f", CUDA {env['cuda']}" if env.get("cuda") else ""
+    return f"{dev}; torch {env['torch']}{cuda}; Python {env['python']}"
