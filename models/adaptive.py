@@ -23,6 +23,7 @@ evaluation): it reuses the probe's tokens, so an image costs exactly its level's
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,16 @@ class Bucket:
 
     level: Level
     keep_patches: int
+
+
+# reduce_tokens gained a `num_blocks` argument (schedule-aware reducers); pass it when present.
+_REDUCE_TAKES_DEPTH = "num_blocks" in inspect.signature(reduce_tokens).parameters
+
+
+def reduce_at(model: SparseViT, step, state: TokenState, cls_attn: torch.Tensor, keys: torch.Tensor) -> TokenState:
+    """The reduction SparseViT applies after a block's attention."""
+    extra = {"num_blocks": model.shape.depth} if _REDUCE_TAKES_DEPTH else {}
+    return reduce_tokens(step, state, cls_attn=cls_attn, keys=keys, **extra)
 
 
 def attention_half(model: SparseViT, blk: nn.Module, state: TokenState):
@@ -168,7 +179,7 @@ class AdaptiveDensity(nn.Module):
         blocks = self.model.timm_model.blocks
         p = self.probe_block
         if p in steps:
-            state = reduce_tokens(steps[p], state, cls_attn=cls_attn, keys=keys)
+            state = reduce_at(self.model, steps[p], state, cls_attn, keys)
         state = mlp_half(blocks[p], state)
         for i in range(p + 1, len(blocks)):
             state = self.model._block(blocks[i], state, steps.get(i))
