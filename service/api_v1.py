@@ -16,7 +16,7 @@ from service.errors import BadRequest
 from service.http_body import read_body
 from service.params import parse_dial
 
-router = APIRouter()
+router = APIRouter(tags=["native"])
 
 _FORM_FIELDS = ("file", "image")
 

@@ -20,7 +20,7 @@ from service.v2_codec import (
     parse_infer_request,
 )
 
-router = APIRouter()
+router = APIRouter(tags=["kserve-v2"])
 
 EXTENSIONS = ["classification", "model_configuration", "binary_tensor_data", "parameters", "statistics"]
 VERSION = "1"

@@ -59,8 +59,9 @@ def create_app(settings: Settings, *, engine: Engine | None = None, exit_on_fail
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.include_router(api_v1.router, tags=["native"])
-    app.include_router(api_v2.router, tags=["kserve-v2"])
+    # The routes themselves, not a lazily included router: probes, drift tests and the
+    # OpenAPI page all see every path in app.routes.
+    app.router.routes.extend([*api_v1.router.routes, *api_v2.router.routes])
 
     @app.get("/metrics", include_in_schema=True, tags=["ops"], summary="Prometheus metrics")
     async def metrics(request: Request) -> Response:

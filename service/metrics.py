@@ -33,12 +33,14 @@ class Metrics:
     """The service's metric families in one registry.
 
     Args:
+        registry: where to register (a new one by default).
         levels: served level names (pre-created label values, so dashboards see zeros).
         max_batch_size: top bucket of the batch-size histogram.
     """
 
-    def __init__(self, *, levels: tuple[str, ...], max_batch_size: int):
-        self.registry = r = CollectorRegistry(auto_describe=True)
+    def __init__(self, *, registry: CollectorRegistry | None = None, levels: tuple[str, ...] = (),
+                 max_batch_size: int = 32):
+        self.registry = r = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.requests = Counter("sait_requests_total", "Requests answered, by API, level and outcome.",
                                 ["api", "level", "outcome"], registry=r)
         self.request_duration = Histogram("sait_request_duration_seconds",
