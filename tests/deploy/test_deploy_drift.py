@@ -12,7 +12,7 @@ import typing
 import pytest
 import yaml
 from conftest import (CHART_DIR, DEPLOY, KSERVE, METRIC_RE, REPO, SCENARIOS, TARGET_LABELS, container,
-                      load_yaml_docs, one, promql_sources, sample_names, selectors)
+                      contract_metrics, load_yaml_docs, one, promql_sources, sample_names, selectors)
 
 settings_module = pytest.importorskip("service.settings", reason="service not yet landed")
 Settings = settings_module.Settings
@@ -94,28 +94,38 @@ def test_probe_paths_are_routes_of_the_app(render):
 
 
 def service_metric_families() -> dict[str, tuple[str, set[str]]]:
-    """{family: (type, label names)} registered by service/metrics.py."""
+    """{family: (type, label names)} registered by service/metrics.py's Metrics."""
     metrics_module = pytest.importorskip("service.metrics", reason="service not yet landed (service.metrics)")
     from prometheus_client import CollectorRegistry
+    from prometheus_client.metrics import MetricWrapperBase
 
     registry = CollectorRegistry()
     metrics = metrics_module.Metrics(registry=registry)
-    families = {}
-    for collector in list(registry._collector_to_names):
-        for family in collector.describe():
-            families[family.name] = (family.type, set(getattr(collector, "_labelnames", ())))
-    assert metrics is not None and families
+    # Families (name, type) as the registry exposes them; label names from the wrappers.
+    labels = {m._name: set(m._labelnames) for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)}
+    families = {family.name: (family.type, labels.get(family.name, set())) for family in registry.collect()}
+    assert families and set(labels) <= set(families)
     return families
 
 
 def test_every_metric_used_is_registered_by_the_service():
     families = service_metric_families()
     samples = sample_names({name: kind for name, (kind, _) in families.items()})
+    used = set()
     for source, exprs in promql_sources().items():
         for expr in exprs:
             for name in METRIC_RE.findall(expr):
                 if ":" not in name:
                     assert name in samples, f"{source} uses {name}, which service/metrics.py does not register"
+                    used.add(samples[name])
             for name, labels in selectors(expr):
                 unknown = labels - families[samples[name]][1] - TARGET_LABELS
                 assert not unknown, f"{source}: {name} has no label {sorted(unknown)} in service/metrics.py"
+    # The dashboard shows every family the service exports.
+    assert used == set(families)
+
+
+def test_contract_lists_what_the_service_registers():
+    families = service_metric_families()
+    contract = {name: (kind, labels) for name, (kind, labels) in contract_metrics().items()}
+    assert families == contract
