@@ -15,13 +15,14 @@ FROM ${PYTORCH_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 # --system-site-packages: torch/torchvision (several GB) come from the base image and are not
-# downloaded again; the venv holds only sait-serve and its small dependencies.
+# downloaded again; the venv holds only sait-serve and its small dependencies. The `gpu`
+# extra (nvidia-ml-py) lets the service export GPU utilization.
 RUN python -m venv --system-site-packages /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY models ./models
 COPY service ./service
-RUN /opt/venv/bin/pip install --no-cache-dir . \
+RUN /opt/venv/bin/pip install --no-cache-dir ".[gpu]" \
     && /opt/venv/bin/python -c "import models, service"
 
 # ---- weights: empty unless BAKE_MODEL names a timm model ----------------------------------

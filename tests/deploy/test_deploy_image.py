@@ -82,3 +82,13 @@ def test_dockerignore_keeps_weights_and_venv_out_of_the_context():
     # What the Dockerfile copies must not be ignored.
     copied = re.findall(r"^COPY (?!--from)(\S+)", DOCKERFILE.read_text(), re.M)
     assert copied and not set(copied) & set(ignored)
+
+
+def test_build_stage_copies_every_package_the_project_installs():
+    pyproject = (REPO / "pyproject.toml").read_text()
+    include = re.search(r'include = \[([^\]]*)\]', pyproject).group(1)
+    packages = {p.strip().strip('"').rstrip("*") for p in include.split(",")}
+    copied = {Path(src).name for src in re.findall(r"^COPY (?!--from)(\S+) \./\S+$", DOCKERFILE.read_text(), re.M)}
+    assert packages <= copied
+    readme = re.search(r'^readme = "([^"]+)"', pyproject, re.M).group(1)
+    assert re.search(rf"^COPY pyproject\.toml {re.escape(readme)} \./$", DOCKERFILE.read_text(), re.M)
