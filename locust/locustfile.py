@@ -141,11 +141,15 @@ class KServeUser(_SaitUser):
         want = "UINT8" if self.kind == "uint8" else "BYTES"
         names = [i["name"] for i in meta.get("inputs", []) if i.get("datatype") == want]
         self.input_name = names[0] if names else meta["inputs"][0]["name"]
+        # Ask only for the class indices, as JSON: the full probability vector is not needed.
+        ints = [o["name"] for o in meta.get("outputs", []) if str(o.get("datatype", "")).startswith("INT")]
+        self.output_name = ints[0] if ints else None
 
     @task
     def infer(self) -> None:
         path, headers, body = v2_request(self.dials, next(self.payloads), model=self.model,
-                                         input_name=self.input_name, kind=self.kind)
+                                         input_name=self.input_name, kind=self.kind,
+                                         output_name=self.output_name)
         with self.client.post(path, data=body, headers=headers, name="/v2/models/[m]/infer",
                               catch_response=True) as response:
             self._judge(response, _v2_level)

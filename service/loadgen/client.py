@@ -136,9 +136,14 @@ def encode_bytes_element(data: bytes) -> bytes:
 
 
 def v2_request(
-    dials: Dials, payload: Payload, *, model: str, input_name: str, kind: PayloadKind
+    dials: Dials, payload: Payload, *, model: str, input_name: str, kind: PayloadKind,
+    output_name: str | None = None,
 ) -> tuple[str, dict, bytes]:
-    """(path, headers, body) of a v2 infer request using the binary tensor data extension."""
+    """(path, headers, body) of a v2 infer request using the binary tensor data extension.
+
+    With output_name, only that output is asked for, as JSON (as a client that needs the
+    class indices would; the full probability vector is not shipped back).
+    """
     if kind == "uint8":
         if payload.uint8 is None:
             raise ValueError(f"payload {payload.name} has no UINT8 tensor (prepare with kind='uint8')")
@@ -150,6 +155,8 @@ def v2_request(
         tensor = {"name": input_name, "shape": [1], "datatype": "BYTES"}
     tensor["parameters"] = {"binary_data_size": len(blob)}
     header: dict = {"inputs": [tensor]}
+    if output_name:
+        header["outputs"] = [{"name": output_name, "parameters": {"binary_data": False}}]
     params = dials_parameters(dials)
     if params:
         header["parameters"] = params
@@ -197,27 +204,32 @@ class Target:
         api: "v1" (native) or "v2" (KServe v2).
         kind: payload kind, "jpeg" or "uint8" (v2 only; the native API takes JPEGs).
         model: served model name, for v2 paths.
-        input_name: the v2 input tensor name (see discover_v2_input).
+        input_name: the v2 input tensor name (see discover_v2_io).
+        output_name: the one v2 output to ask for; None asks for all.
     """
 
     api: Api = "v1"
     kind: PayloadKind = "jpeg"
     model: str = "deit_tiny_patch16_224"
     input_name: str = "input"
+    output_name: str | None = None
 
 
-async def discover_v2_input(client: httpx.AsyncClient, model: str, kind: PayloadKind) -> str:
-    """The input name from the model's v2 metadata that accepts this payload's datatype."""
+async def discover_v2_io(client: httpx.AsyncClient, model: str, kind: PayloadKind) -> tuple[str, str | None]:
+    """From the model's v2 metadata: the input that takes this payload's datatype, and the
+    integer output (class indices) to ask for, or None to ask for all outputs."""
     response = await client.get(f"/v2/models/{model}")
     response.raise_for_status()
-    inputs = response.json().get("inputs") or []
+    meta = response.json()
+    inputs, outputs = meta.get("inputs") or [], meta.get("outputs") or []
+    if not inputs:
+        raise ValueError(f"model {model!r} metadata lists no inputs")
     want = "UINT8" if kind == "uint8" else "BYTES"
-    for spec in inputs:
-        if str(spec.get("datatype", "")).upper() == want:
-            return str(spec["name"])
-    if inputs:
-        return str(inputs[0]["name"])
-    raise ValueError(f"model {model!r} metadata lists no inputs")
+    input_name = next((str(i["name"]) for i in inputs if str(i.get("datatype", "")).upper() == want),
+                      str(inputs[0]["name"]))
+    output_name = next((str(o["name"]) for o in outputs if str(o.get("datatype", "")).upper().startswith("INT")),
+                       None)
+    return input_name, output_name
 
 
 async def send(client: httpx.AsyncClient, target: Target, dials: Dials, payload: Payload,
@@ -234,8 +246,8 @@ async def send(client: httpx.AsyncClient, target: Target, dials: Dials, payload:
             path, params, headers, body = v1_request(dials, payload)
             response = await client.post(path, params=params, headers=headers, content=body)
         else:
-            path, headers, body = v2_request(dials, payload, model=target.model,
-                                             input_name=target.input_name, kind=target.kind)
+            path, headers, body = v2_request(dials, payload, model=target.model, input_name=target.input_name,
+                                             kind=target.kind, output_name=target.output_name)
             response = await client.post(path, headers=headers, content=body)
         result.latency_ms = (time.perf_counter() - scheduled) * 1e3
         result.status = response.status_code

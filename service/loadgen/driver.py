@@ -10,6 +10,7 @@ Both loops are bounded by request count and by wall time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import socket
 import time
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
-from service.loadgen.client import Result, Target, discover_v2_input, send
+from service.loadgen.client import Result, Target, discover_v2_io, send
 from service.loadgen.payloads import Payload
 from service.loadgen.scenario import DEFAULT_BUDGET_MS, Dials, Scenario
 
@@ -64,11 +65,11 @@ async def check_live(client: httpx.AsyncClient) -> None:
 
 
 async def prepare_target(client: httpx.AsyncClient, target: Target) -> Target:
-    """Fill in the v2 input name from the server's model metadata."""
+    """Fill in the v2 input and output names from the server's model metadata."""
     if target.api != "v2":
         return target
-    name = await discover_v2_input(client, target.model, target.kind)
-    return Target(api=target.api, kind=target.kind, model=target.model, input_name=name)
+    input_name, output_name = await discover_v2_io(client, target.model, target.kind)
+    return dataclasses.replace(target, input_name=input_name, output_name=output_name)
 
 
 async def run_open_loop(

@@ -37,22 +37,21 @@ def sparsest_policy(base_url: str, model: str) -> str:
 
     from service.loadgen.report import level_order
 
-    doc = httpx.get(f"{base_url}/v2/models/{model}/config", timeout=10).json()
-    names = [lv["name"] if isinstance(lv, dict) else str(lv) for lv in _find_levels(doc)]
-    sparsest = level_order(names)[-1] if names else "l050"
-    return f"fixed:{sparsest}"
+    meta = httpx.get(f"{base_url}/v2/models/{model}", timeout=10).json()
+    names = levels_of(meta.get("parameters") or {})
+    if not names:
+        raise RuntimeError(f"the server's /v2/models/{model} metadata lists no levels")
+    return f"fixed:{level_order(names)[-1]}"
 
 
-def _find_levels(doc) -> list:
-    """The first list under a key named "levels" anywhere in the config document."""
-    if isinstance(doc, dict):
-        if isinstance(doc.get("levels"), list):
-            return doc["levels"]
-        for value in doc.values():
-            found = _find_levels(value)
-            if found:
-                return found
-    return []
+def levels_of(parameters: dict) -> list[str]:
+    """Level names from v2 metadata parameters: "dense,l090,..." or a list."""
+    raw = parameters.get("levels")
+    if isinstance(raw, dict):  # model_configuration style {"string_value": "..."}
+        raw = raw.get("string_value")
+    if isinstance(raw, str):
+        return [x.strip() for x in raw.split(",") if x.strip()]
+    return [str(x) for x in raw] if isinstance(raw, list) else []
 
 
 def card_top1(model: str) -> dict[str, float]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service.loadgen.client import (
-    HEADER_LENGTH, Result, Target, discover_v2_input, outcome_for_status, send, v1_request, v2_request,
+    HEADER_LENGTH, Result, Target, discover_v2_io, outcome_for_status, send, v1_request, v2_request,
 )
 from service.loadgen.payloads import synthetic
 from service.loadgen.scenario import Dials
@@ -103,13 +103,21 @@ def test_send_records_shed_and_transport_errors_without_raising():
     assert r.outcome == "error" and "ConnectError" in r.error
 
 
-def test_discover_v2_input_picks_by_datatype():
+def test_discover_v2_io_picks_by_datatype():
     meta = {"name": "m", "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]},
-                                    {"name": "pixels", "datatype": "UINT8", "shape": [-1, 3, 224, 224]}]}
+                                    {"name": "pixels", "datatype": "UINT8", "shape": [-1, 3, 224, 224]}],
+            "outputs": [{"name": "probabilities", "datatype": "FP32"}, {"name": "top_k_indices", "datatype": "INT64"}]}
 
     async def go(kind):
         transport = httpx.MockTransport(lambda req: httpx.Response(200, json=meta))
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            return await discover_v2_input(client, "m", kind)
-    assert asyncio.run(go("uint8")) == "pixels"
-    assert asyncio.run(go("jpeg")) == "image"
+            return await discover_v2_io(client, "m", kind)
+    assert asyncio.run(go("uint8")) == ("pixels", "top_k_indices")
+    assert asyncio.run(go("jpeg")) == ("image", "top_k_indices")
+
+
+def test_v2_request_asks_for_one_json_output():
+    _, headers, body = v2_request(Dials(), PAYLOAD, model="m", input_name="image", kind="jpeg",
+                                  output_name="top_k_indices")
+    header, _ = split_v2(body, headers)
+    assert header["outputs"] == [{"name": "top_k_indices", "parameters": {"binary_data": False}}]

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(
 def server():
     from service.loadgen.server import ServerProcess
 
-    settings = {"MODEL": "vit_tiny_test", "MAX_BATCH_SIZE": "8", "QUEUE_LIMIT": "64"}
+    settings = {"MODEL": "vit_tiny_test", "MAX_BATCH_SIZE": "4", "QUEUE_LIMIT": "64"}
     with ServerProcess(settings=settings, ready_timeout_s=120) as srv:
         yield srv
 

@@ -4,7 +4,7 @@ import math
 
 from service.loadgen.client import Result
 from service.loadgen.docblock import replace_block
-from service.loadgen.overload import BEGIN, END, _find_levels, check_targets, markdown, served_top1
+from service.loadgen.overload import BEGIN, END, levels_of, check_targets, markdown, served_top1
 from service.loadgen.report import summarize
 from service.loadgen.soak import drift
 
@@ -47,8 +47,9 @@ def test_markdown_table_and_block_replacement(tmp_path):
 
 
 def test_levels_found_in_config_and_card_accuracy():
-    assert _find_levels({"parameters": {"x": 1, "sait": {"levels": ["dense", "l050"]}}}) == ["dense", "l050"]
-    assert _find_levels({"a": 1}) == []
+    assert levels_of({"levels": "dense,l090, l050"}) == ["dense", "l090", "l050"]
+    assert levels_of({"levels": {"string_value": "dense,l050"}}) == ["dense", "l050"]
+    assert levels_of({"levels": ["dense"]}) == ["dense"] and levels_of({}) == []
     assert served_top1({"dense": 0.5, "l050": 0.5}, {"dense": 0.8, "l050": 0.7}) == 0.75
     assert math.isnan(served_top1({"l040": 1.0}, {"dense": 0.8}))
 
