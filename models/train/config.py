@@ -50,7 +50,7 @@ class TrainConfig:
     weights: str | None = None
     data_dir: str = "../shared/assets/distill-pool"
     labels_csv: str | None = None
-    out_dir: str = "runs/sait"
+    out_dir: str = "out/train"
     epochs: int = 20
     max_steps: int | None = None
     stop_after: int | None = None
