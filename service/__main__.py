@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"sait-serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Logs go to stdout, so that a start-up failure leaves exactly one line on stderr.
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         engine = Engine.load(settings)
     except StartupError as exc:

@@ -1,0 +1,151 @@
+"""Batcher (EDF, max batch, max delay, slack, expiry), latency model, and the worker's fault isolation."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from service.batcher import Batcher, WorkItem
+from service.errors import Expired, InternalError, Unavailable
+from service.latency_model import LatencyModel, profile_batch_sizes
+from service.runner import RunOutput
+from service.worker import InferenceWorker, ItemResult
+
+IMG = torch.zeros(3, 224, 224, dtype=torch.uint8)
+
+
+def item(level: str, deadline_s: float, results: list, tag=None, priority: int = 0) -> WorkItem:
+    return WorkItem(image=IMG, level=level, deadline_s=deadline_s, priority=priority,
+                    on_done=lambda r, tag=tag: results.append((tag, r)))
+
+
+def test_batches_earliest_deadline_first_up_to_max():
+    b = Batcher(levels=("dense", "l050"), max_batch_size=2, max_queue_delay_ms=0)
+    now = time.perf_counter()
+    out = []
+    b.put([item("dense", now + 9, out, "d9"), item("l050", now + 5, out, "s5"), item("dense", now + 3, out, "d3"),
+           item("dense", now + 4, out, "d4"), item("l050", now + 8, out, "s8")])
+    first = b.next_batch(timeout_s=1)
+    assert first.level == "dense" and [i.on_done.__defaults__[0] for i in first.items] == ["d3", "d4"]
+    second = b.next_batch(timeout_s=1)
+    assert second.level == "l050" and len(second.items) == 2  # s5 is now the most urgent
+    third = b.next_batch(timeout_s=1)
+    assert third.level == "dense" and len(third.items) == 1
+    assert b.next_batch(timeout_s=0.05) is None
+
+
+def test_priority_breaks_ties_between_equal_deadlines():
+    b = Batcher(levels=("dense",), max_batch_size=1, max_queue_delay_ms=0)
+    d = time.perf_counter() + 5
+    out = []
+    b.put([item("dense", d, out, "default"), item("dense", d, out, "p2", priority=2), item("dense", d, out, "p1", priority=1)])
+    order = [b.next_batch(timeout_s=1).items[0].on_done.__defaults__[0] for _ in range(3)]
+    assert order == ["p1", "p2", "default"]
+
+
+def test_waits_at_most_the_queue_delay_for_a_fuller_batch():
+    b = Batcher(levels=("dense",), max_batch_size=4, max_queue_delay_ms=150)
+    out = []
+    start = time.perf_counter()
+    b.put([item("dense", start + 10, out)])
+    threading.Timer(0.05, lambda: b.put([item("dense", start + 10, out)])).start()
+    batch = b.next_batch(timeout_s=2)
+    waited = time.perf_counter() - start
+    assert len(batch.items) == 2  # the late one joined
+    assert 0.1 <= waited < 0.6
+
+
+def test_never_waits_past_a_requests_slack():
+    class Slow:
+        def predict_ms(self, level, n):
+            return 80.0
+
+    b = Batcher(levels=("dense",), max_batch_size=4, max_queue_delay_ms=1000, latency=Slow())
+    start = time.perf_counter()
+    b.put([item("dense", start + 0.2, [])])  # must start by 0.2 - 0.08 = 0.12 s
+    batch = b.next_batch(timeout_s=2)
+    assert len(batch.items) == 1 and time.perf_counter() - start < 0.3
+
+
+def test_expired_items_are_handed_back_without_compute():
+    b = Batcher(levels=("dense",), max_batch_size=4, max_queue_delay_ms=0)
+    now = time.perf_counter()
+    out = []
+    b.put([item("dense", now - 0.001, out, "late"), item("dense", now + 10, out, "ok")])
+    batch = b.next_batch(timeout_s=1)
+    assert batch.level is None and [i.on_done.__defaults__[0] for i in batch.expired] == ["late"]
+    assert [i.on_done.__defaults__[0] for i in b.next_batch(timeout_s=1).items] == ["ok"]
+
+
+def test_closed_batcher_refuses_new_work_but_hands_out_queued():
+    b = Batcher(levels=("dense",), max_batch_size=4, max_queue_delay_ms=500)
+    b.put([item("dense", time.perf_counter() + 10, [])])
+    b.close()
+    with pytest.raises(Unavailable):
+        b.put([item("dense", time.perf_counter() + 10, [])])
+    assert len(b.next_batch(timeout_s=1).items) == 1  # no waiting to fill once closed
+    assert b.next_batch(timeout_s=1) is None
+
+
+def test_latency_model_interpolates_and_corrects_online():
+    lm = LatencyModel(profile_ms={"dense": {1: 10.0, 2: 14.0, 4: 22.0, 8: 38.0}}, max_batch_size=8, alpha=0.5)
+    assert [round(lm.predict_ms("dense", b), 3) for b in (1, 2, 3, 4, 6, 8)] == [10, 14, 18, 22, 30, 38]
+    assert lm.predict_ms("dense", 12) == pytest.approx(38 + 22)  # a full batch, then 4
+    lm.observe("dense", 4, 44.0)  # twice as slow -> scale 1.5 after one EWMA step
+    assert lm.scale("dense") == pytest.approx(1.5)
+    assert lm.predict_ms("dense", 8) == pytest.approx(57.0)  # every size moves
+    lm.observe("dense", 4, 1e6)  # an outlier is clamped
+    assert lm.scale("dense") <= 0.5 * 1.5 + 0.5 * 4.0 + 1e-9
+
+
+def test_profile_batch_sizes():
+    assert profile_batch_sizes(1) == (1,)
+    assert profile_batch_sizes(8) == (1, 2, 4, 8)
+    assert profile_batch_sizes(12) == (1, 2, 4, 8, 12)
+
+
+class FlakyRunner:
+    """Fails every batch that holds a poisoned (all-255) image."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def run(self, level, x):
+        self.calls += 1
+        if bool((x == 255).all(dim=(1, 2, 3)).any()):
+            raise RuntimeError("poisoned batch")
+        n = x.shape[0]
+        probs = torch.full((n, 10), 0.1)
+        return RunOutput(probs=probs, topk_values=probs[:, :2], topk_indices=torch.zeros(n, 2, dtype=torch.int64))
+
+
+def test_failing_batch_fails_only_its_requests_and_the_worker_lives_on():
+    lm = LatencyModel(profile_ms={"dense": {1: 1.0}}, max_batch_size=2)
+    b = Batcher(levels=("dense",), max_batch_size=2, max_queue_delay_ms=0, latency=lm)
+    runner = FlakyRunner()
+    worker = InferenceWorker(runner=runner, batcher=b, latency=lm)
+    worker.start()
+    out: list = []
+    done = threading.Event()
+    poisoned = WorkItem(image=torch.full((3, 224, 224), 255, dtype=torch.uint8), level="dense",
+                        deadline_s=time.perf_counter() + 10, on_done=lambda r: (out.append(("bad", r)), done.set()))
+    b.put([poisoned])
+    assert done.wait(5)
+    done.clear()
+    b.put([WorkItem(image=IMG, level="dense", deadline_s=time.perf_counter() + 10,
+                    on_done=lambda r: (out.append(("good", r)), done.set()))])
+    assert done.wait(5)
+    b.put([WorkItem(image=IMG, level="dense", deadline_s=time.perf_counter() - 1, on_done=lambda r: out.append(("late", r)))])
+    deadline = time.monotonic() + 5
+    while len(out) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    b.close()
+    worker.stop(5)
+    results = dict(out)
+    assert isinstance(results["bad"], InternalError) and results["bad"].status == 500
+    assert isinstance(results["good"], ItemResult) and results["good"].batch_size == 1
+    assert isinstance(results["late"], Expired) and results["late"].status == 504
+    assert runner.calls == 2  # the expired one was never computed
+    assert worker.batches_failed == 1 and worker.batches_run == 1
