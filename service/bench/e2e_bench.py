@@ -21,7 +21,7 @@ import httpx
 
 from models.weights import TINY_TEST_MODEL, create_timm_model
 from service.bench.environment import describe
-from service.loadgen.client import Result, Target, discover_v2_input, send
+from service.loadgen.client import Result, Target, discover_v2_io, send
 from service.loadgen.payloads import DEFAULT_IMAGE_DIR, load_folder, synthetic
 from service.loadgen.scenario import Dials
 from service.loadgen.server import ServerProcess
@@ -66,12 +66,17 @@ class E2EBenchConfig:
 
 
 async def closed_loop(url: str, target: Target, dials: Dials, payloads: list, *, concurrency: int,
-                      duration_s: float, budget_ms: float) -> tuple[list[Result], float]:
-    """Each of `concurrency` clients sends back to back until the time is up; (results, elapsed_s)."""
+                      duration_s: float, budget_ms: float,
+                      transport: httpx.AsyncBaseTransport | None = None) -> tuple[list[Result], float]:
+    """Each of `concurrency` clients sends back to back until the time is up; (results, elapsed_s).
+
+    `transport` replaces the network (tests pass an httpx.MockTransport).
+    """
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=max(30.0, budget_ms / 1e3), limits=limits) as client:
-        target = Target(api="v2", kind=target.kind, model=target.model,
-                        input_name=await discover_v2_input(client, target.model, target.kind))
+    async with httpx.AsyncClient(base_url=url, timeout=max(30.0, budget_ms / 1e3), limits=limits,
+                                 transport=transport) as client:
+        input_name, output_name = await discover_v2_io(client, target.model, target.kind)
+        target = Target(api="v2", kind=target.kind, model=target.model, input_name=input_name, output_name=output_name)
         start = time.perf_counter()
         end = start + duration_s
         results: list[Result] = []

@@ -97,7 +97,7 @@ def run_model_bench(cfg: ModelBenchConfig) -> dict:
     peak = {p: matmul_peak_tflops(device, _DTYPES[p], n=n, min_time_s=cfg.min_time_s) for p in dict.fromkeys(("bf16", precision))}
     runners, notes = _runners(model, cfg, device)
     x = torch.randint(0, 256, (max(cfg.batch_sizes), *model.data_config.input_size), dtype=torch.uint8)
-    timing = dict(min_calls=cfg.min_calls, max_calls=cfg.max_calls, min_time_s=cfg.min_time_s, device=device)
+    timing = dict(min_calls=min(cfg.min_calls, cfg.max_calls), max_calls=cfg.max_calls, min_time_s=cfg.min_time_s, device=device)
 
     throughput = []
     cells = [(m, lv, b) for m in runners for lv in levels for b in cfg.batch_sizes]
@@ -114,7 +114,7 @@ def run_model_bench(cfg: ModelBenchConfig) -> dict:
     latency = []
     for mode, level in tqdm([(m, lv) for m in runners for lv in levels], desc=f"{cfg.model} batch-1 latency", unit="cell"):
         t = time_calls(lambda: runners[mode].run(level, x[:1]), warmup=3, device=device,
-                       min_calls=max(cfg.min_calls, 10), max_calls=cfg.max_calls, min_time_s=cfg.min_time_s)
+                       min_calls=min(max(cfg.min_calls, 10), cfg.max_calls), max_calls=cfg.max_calls, min_time_s=cfg.min_time_s)
         latency.append({"mode": mode, "level": level, "p50_ms": t.median_s * 1e3, "p90_ms": t.percentile_s(90) * 1e3,
                         "calls": len(t.samples_s)})
     graphs = runners.get("graphs")

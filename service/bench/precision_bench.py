@@ -19,7 +19,7 @@ from models.preprocess import DataConfig, pil_to_uint8
 from service.bench.environment import describe
 from service.runner import create_runner, resolve_device
 
-ASSETS = Path(__file__).resolve().parents[3].parent / "shared" / "assets"
+ASSETS = Path(__file__).resolve().parents[2].parent / "shared" / "assets"
 IMAGE_SETS = ("imagenet-samples", "imagenet-val")
 
 
