@@ -207,8 +207,13 @@ class Engine:
             raise Unavailable("model is not ready yet (loading, warming up or profiling)")
 
     async def infer(self, images: list[torch.Tensor], params: DialParams, *, arrival_s: float) -> RequestResult:
-        """Choose a level, queue the images, await their results. Raises ServiceError."""
-        self.check_accepting()
+        """Choose a level, queue the images, await their results. Raises ServiceError.
+
+        Readiness and draining are checked when the request arrives (check_accepting), not
+        here: a request accepted before SIGTERM is still served while it decodes.
+        """
+        if not self._ready:
+            raise Unavailable("model is not ready yet (loading, warming up or profiling)")
         dial = Dial(density=params.density, latency_budget_ms=params.latency_budget_ms,
                     min_accuracy=params.min_accuracy, images=len(images),
                     elapsed_ms=(time.perf_counter() - arrival_s) * 1e3)
