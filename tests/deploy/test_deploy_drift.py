@@ -11,7 +11,7 @@ import typing
 
 import pytest
 import yaml
-from conftest import (CHART_DIR, DEPLOY, KSERVE, METRIC_RE, REPO, SCENARIOS, TARGET_LABELS, container,
+from deploy_support import (CHART_DIR, DEPLOY, KSERVE, METRIC_RE, REPO, SCENARIOS, TARGET_LABELS, container,
                       contract_metrics, load_yaml_docs, one, promql_sources, sample_names, selectors)
 
 settings_module = pytest.importorskip("service.settings", reason="service not yet landed")

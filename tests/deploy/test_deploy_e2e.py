@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import pytest
 import yaml
-from conftest import (ADAPTER_VALUES, METRIC_RE, dashboard_exprs, grafana_to_promql,
+from deploy_support import (ADAPTER_VALUES, METRIC_RE, dashboard_exprs, grafana_to_promql,
                       recorded_names, simulated_pod_scrape_config, tool)
 
 httpx = pytest.importorskip("httpx")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DASHBOARD, DEPLOY, KSERVE, REPO, load_yaml_docs, one
+from deploy_support import DASHBOARD, DEPLOY, KSERVE, REPO, load_yaml_docs, one
 
 YAMLLINT_CONFIG = Path(__file__).with_name("yamllint.yml")
 

@@ -3,10 +3,9 @@ library), linted by `helm lint`, and every object validated against Kubernetes' 
 
 from __future__ import annotations
 
-from typing import Any
 
 import pytest
-from conftest import CHART_DIR, NAMESPACE, SCENARIOS, container, find, one
+from deploy_support import CHART_DIR, NAMESPACE, SCENARIOS, container, find, one
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 

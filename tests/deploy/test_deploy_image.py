@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from deploy_support import REPO
 
 DOCKERFILE = REPO / "Dockerfile"
 

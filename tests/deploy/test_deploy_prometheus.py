@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from conftest import (ADAPTER_VALUES, DEPLOY, RULES_DIR, TARGET_LABELS, contract_metrics,
+from deploy_support import (ADAPTER_VALUES, DEPLOY, RULES_DIR, TARGET_LABELS, contract_metrics,
                       dashboard_exprs, grafana_to_promql, promql_sources, recorded_names,
                       sample_names, selectors, simulated_pod_scrape_config, METRIC_RE)
 
