@@ -112,7 +112,10 @@ def jpeg_bytes(seed: int) -> bytes:
 
 
 def send_burst(url: str, *, requests: int, concurrency: int) -> int:
-    """POST /v1/classify `requests` times from `concurrency` threads; returns how many got 200."""
+    """POST /v1/classify `requests` times from `concurrency` threads; returns how many got 200.
+
+    429 (shed) and 504 (deadline passed in the queue) are legitimate answers on a loaded
+    machine; anything else fails the test."""
     images = [jpeg_bytes(i) for i in range(4)]
 
     def one(i: int) -> int:
@@ -123,7 +126,7 @@ def send_burst(url: str, *, requests: int, concurrency: int) -> int:
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         statuses = list(pool.map(one, range(requests)))
-    assert set(statuses) <= {200, 429}, statuses
+    assert set(statuses) <= {200, 429, 504}, statuses
     return statuses.count(200)
 
 
@@ -145,7 +148,7 @@ def stack(tmp_path_factory):
         # fixed:dense keeps one level series, so the warm-up burst creates every series.
         settings={"MODEL": "vit_tiny_test", "DEVICE": "cpu", "DRAIN_TIMEOUT_S": "2",
                   "POLICY": "fixed:dense", "MAX_QUEUE_DELAY_MS": "5", "MAX_BATCH_SIZE": "8"},
-        ready_timeout_s=60, log_path=workdir / "service.log")
+        ready_timeout_s=120, log_path=workdir / "service.log")
     config = simulated_pod_scrape_config(address=f"127.0.0.1:{service.port}", namespace=NAMESPACE, pod=POD)
     # Short intervals keep the test within seconds; everything else is the repository's.
     config["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
