@@ -8,10 +8,11 @@ import argparse
 import json
 import shlex
 import sys
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from service.bench.report import e2e_markdown, model_markdown, precision_markdown
+from service.bench.targets import e2e_checks, model_checks, targets_markdown
 
 SUITES = ("model", "e2e", "all", "precision")
 
@@ -104,7 +105,13 @@ def _run(args: argparse.Namespace, command: str) -> tuple[dict, str]:
         e2e = run_e2e_bench(_pick(E2EBenchConfig, args, levels=levels))
         parts.append(e2e_markdown(e2e, command, model_only=model_result))
         result["e2e"] = e2e
-    return (result[args.suite] if args.suite in result else result), "\n".join(parts)
+    if model_result is not None:
+        checks = model_checks(model_result) + (e2e_checks(result["e2e"], model_result) if "e2e" in result else [])
+        result["targets"] = [{**asdict(c), "ok": c.ok} for c in checks]
+        parts.append(targets_markdown(checks))
+    if args.suite == "model":
+        result = {**result["model"], "targets": result["targets"]}
+    return result, "\n".join(parts)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from service.bench.environment import headline
+from service.bench.targets import model_only_reference
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -85,14 +86,7 @@ def model_markdown(result: dict, command: str = "") -> str:
 
 def e2e_markdown(result: dict, command: str = "", model_only: dict | None = None) -> str:
     out = _header(result, f"End to end: {result['settings']['model']}", command)
-    ref = {}
-    if model_only:
-        mode = "graphs" if any(r["mode"] == "graphs" for r in model_only["throughput"]) else "eager"
-        mb = result["settings"]["max_batch_size"]
-        for r in model_only["throughput"]:
-            if r["mode"] == mode and r["batch"] <= mb:
-                if r["level"] not in ref or r["batch"] > ref[r["level"]]["batch"]:
-                    ref[r["level"]] = r
+    ref = model_only_reference(model_only, result["settings"]["max_batch_size"]) if model_only else {}
     rows = []
     for r in result["rows"]:
         m = ref.get(r["level"])

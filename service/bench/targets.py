@@ -1,0 +1,73 @@
+"""The issue's GPU targets, checked against a benchmark result (pure; the report prints them).
+
+- a level's speed-up over dense at batch >= 64 is >= 0.95 x (dense GFLOPs / level GFLOPs);
+- CUDA graphs: batch-1 latency <= 40 % of eager at every level;
+- deit_base, dense, batch 256, bf16: >= 45 % of the measured matmul peak;
+- end to end: UINT8 inputs >= 90 % of model-only images/s at the same level, JPEG >= 70 %.
+A check whose inputs were not measured (CPU run, batch not in the list) is left out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    value: float
+    threshold: float
+
+    @property
+    def ok(self) -> bool:
+        return self.value >= self.threshold
+
+
+def model_checks(model: dict) -> list[Check]:
+    checks = []
+    levels = model["settings"]["levels"]
+    modes = {t["mode"] for t in model["throughput"]}
+    mode = "graphs" if "graphs" in modes else "eager"
+    by = {(t["mode"], t["level"], t["batch"]): t for t in model["throughput"]}
+    dense = levels[0]
+    for b in (b for b in model["settings"]["batch_sizes"] if b >= 64):
+        for level in levels[1:]:
+            ideal = model["levels"][dense]["gflops"] / model["levels"][level]["gflops"]
+            speedup = by[(mode, level, b)]["images_per_s"] / by[(mode, dense, b)]["images_per_s"]
+            checks.append(Check(f"{level} speed-up / ideal at batch {b} ({mode})", speedup / ideal, 0.95))
+    if "graphs" in modes:
+        lat = {(r["mode"], r["level"]): r["p50_ms"] for r in model["latency"]}
+        for level in levels:
+            # value >= threshold form: eager / graphs >= 1 / 0.40
+            checks.append(Check(f"{level} batch-1 eager / graphs p50", lat[("eager", level)] / lat[("graphs", level)], 2.5))
+    s = model["settings"]
+    if s["model"].startswith("deit_base") and s["precision"] == "bf16" and ("eager", dense, 256) in by:
+        best = max(by.get((m, dense, 256), {}).get("mfu_bf16_peak", 0.0) for m in modes)
+        checks.append(Check("deit_base dense batch 256 bf16 share of matmul peak", best, 0.45))
+    return checks
+
+
+def model_only_reference(model: dict, max_batch_size: int) -> dict[str, dict]:
+    """Per level, the model-only row e2e is compared with: the largest measured batch the server
+    can form (<= its max batch), in the mode the server runs (graphs when measured)."""
+    mode = "graphs" if any(t["mode"] == "graphs" for t in model["throughput"]) else "eager"
+    ref: dict[str, dict] = {}
+    for t in model["throughput"]:
+        if t["mode"] == mode and t["batch"] <= max_batch_size and t["batch"] > ref.get(t["level"], {}).get("batch", 0):
+            ref[t["level"]] = t
+    return ref
+
+
+def e2e_checks(e2e: dict, model: dict) -> list[Check]:
+    ref = model_only_reference(model, e2e["settings"]["max_batch_size"])
+    need = {"uint8": 0.90, "jpeg": 0.70}
+    return [Check(f"{r['level']} e2e {r['input']} / model-only (batch {ref[r['level']]['batch']})",
+                  r["images_per_s"] / ref[r["level"]]["images_per_s"], need[r["input"]])
+            for r in e2e["rows"] if r["level"] in ref and r["input"] in need]
+
+
+def targets_markdown(checks: list[Check]) -> str:
+    if not checks:
+        return ""
+    rows = ["| check | value | target | met |", "|---|---|---|---|"]
+    rows += [f"| {c.name} | {c.value:.3g} | >= {c.threshold:g} | {'yes' if c.ok else 'NO'} |" for c in checks]
+    return "Targets (from the issue; meant for a GPU):\n\n" + "\n".join(rows) + "\n"
