@@ -39,6 +39,8 @@ def describe(device: torch.device) -> dict:
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
         "python": platform.python_version(),
+        # Other work on the machine skews CPU figures; the report says how busy it was.
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -54,4 +56,6 @@ def headline(env: dict) -> str:
     else:
         dev = f"CPU {env['device_name']} ({env['cpu_threads']} torch threads, {env['cpu_count']} cores visible)"
     cuda = f", CUDA {env['cuda']}" if env.get("cuda") else ""
-    return f"{dev}; torch {env['torch']}{cuda}; Python {env['python']}"
+    load = env.get("load_average_1m_at_start")
+    busy = f"; load average {load} at start" if load is not None else ""
+    return f"{dev}; torch {env['torch']}{cuda}; Python {env['python']}{busy}"
