@@ -59,7 +59,8 @@ def _sizes(state: TokenState) -> torch.Tensor:
 
 def _cls_first(idx: torch.Tensor) -> torch.Tensor:
     """Patch indices [B,K] -> [B,1+K] with the class token (index 0) in front."""
-    return torch.cat([torch.zeros_like(idx[:, :1]), idx], dim=1)
+    cls = torch.zeros((idx.shape[0], 1), dtype=idx.dtype, device=idx.device)
+    return torch.cat([cls, idx], dim=1)
 
 
 def _check_keep(step: ReductionStep, n: int, lowest: int) -> None:

@@ -18,7 +18,7 @@ from torch import nn
 
 from models.levels import DENSE, Level, ReductionStep, VitShape, model_gflops
 from models.preprocess import DataConfig
-from models.reducers import TokenState, reduce_tokens
+from models.reducers import REDUCERS, TokenState, reduce_tokens
 
 
 class SparseViT(nn.Module):
@@ -61,6 +61,8 @@ class SparseViT(nn.Module):
         for i in range(self.shape.depth):
             attn_tokens.append(n)
             if i in by_block:
+                if by_block[i].reducer not in REDUCERS:
+                    raise ValueError(f"level {name}: unknown reducer {by_block[i].reducer!r}; known: {', '.join(REDUCERS)}")
                 keep = by_block[i].keep
                 if not 1 < keep <= n:
                     raise ValueError(f"level {name}: block {i} keeps {keep} of {n} tokens")
