@@ -6,8 +6,11 @@ the prometheus-adapter query moving, and answer every dashboard query."""
 from __future__ import annotations
 
 import io
+import json
 import math
+import re
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,8 +18,8 @@ from typing import Any, Callable
 
 import pytest
 import yaml
-from deploy_support import (ADAPTER_VALUES, METRIC_RE, dashboard_exprs, grafana_to_promql,
-                      recorded_names, simulated_pod_scrape_config, tool)
+from deploy_support import (ADAPTER_VALUES, METRIC_RE, REPO, container, dashboard_exprs, grafana_to_promql,
+                            one, recorded_names, simulated_pod_scrape_config, tool)
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("service.app", reason="service not yet landed (service.app)")
@@ -226,3 +229,21 @@ def test_every_dashboard_query_runs(stack):
     _, prometheus = stack
     for expr in dashboard_exprs():
         prometheus.query(grafana_to_promql(expr))
+
+
+def test_chart_probes_and_image_healthcheck_pass_on_the_running_service(stack, render):
+    service, _ = stack
+    c = container(render())
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        response = httpx.get(service.url + c[probe]["httpGet"]["path"], timeout=5)
+        assert response.status_code == 200, probe
+    # The Dockerfile's HEALTHCHECK command, verbatim but for the port.
+    (line,) = re.findall(r"^\s+CMD (\[.*\])$", (REPO / "Dockerfile").read_text(), re.M)
+    command = [arg.replace("127.0.0.1:8000", f"127.0.0.1:{service.port}") for arg in json.loads(line)]
+    assert command[0] == "python"
+    result = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    # Scraping is what the pod annotations promise.
+    annotations = one(render(), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    metrics = httpx.get(service.url + annotations["prometheus.io/path"], timeout=5)
+    assert metrics.status_code == 200 and "sait_ready 1.0" in metrics.text

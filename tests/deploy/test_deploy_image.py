@@ -92,3 +92,13 @@ def test_build_stage_copies_every_package_the_project_installs():
     assert packages <= copied
     readme = re.search(r'^readme = "([^"]+)"', pyproject, re.M).group(1)
     assert re.search(rf"^COPY pyproject\.toml {re.escape(readme)} \./$", DOCKERFILE.read_text(), re.M)
+
+
+def test_entrypoint_console_script_runs():
+    # The image's ENTRYPOINT is this console script (installed by `pip install .`).
+    script = shutil.which("sait-serve") or str(Path(sys.executable).parent / "sait-serve")
+    if not Path(script).exists():
+        pytest.skip("sait-serve console script not installed (pip install -e .)")
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "SAIT_MAX_BATCH_SIZE" in result.stdout
