@@ -247,3 +247,18 @@ def test_chart_probes_and_image_healthcheck_pass_on_the_running_service(stack, r
     annotations = one(render(), "Deployment")["spec"]["template"]["metadata"]["annotations"]
     metrics = httpx.get(service.url + annotations["prometheus.io/path"], timeout=5)
     assert metrics.status_code == 200 and "sait_ready 1.0" in metrics.text
+
+
+def test_helm_test_hook_passes_against_the_running_service(stack, render):
+    service, _ = stack
+    objects = render({"config": {"model": "vit_tiny_test"}})
+    (hook,) = [o for o in objects if o["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    (c,) = hook["spec"]["containers"]
+    assert c["command"] == ["python", "-c"]
+    service_dns = f'http://{one(objects, "Service")["metadata"]["name"]}:{one(objects, "Service")["spec"]["ports"][0]["port"]}'
+    script = c["args"][0]
+    assert service_dns in script
+    result = subprocess.run([sys.executable, "-c", script.replace(service_dns, service.url)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "ready: vit_tiny_test" in result.stdout
