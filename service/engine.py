@@ -155,8 +155,19 @@ class Engine:
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def warm(self) -> None:
-        """Warm the runner up, profile every level, start the worker; then the engine is ready."""
+        """Warm up and profile every level on the worker thread, then serve; then the engine is ready."""
         start = time.perf_counter()
+        self.worker = InferenceWorker(runner=self.runner, on_batch=self._on_batch)
+        self.worker.start(prepare=self._prepare)
+        self.worker.wait_prepared()
+        self.latency, self.batcher = self.worker.latency, self.worker.batcher
+        self.warm_s = time.perf_counter() - start
+        self._ready = True
+        self.metrics.ready.set(1)
+        log.info("ready: model=%s levels=%s warm-up+profile %.1f s", self.model_name, ",".join(self.levels), self.warm_s)
+
+    def _prepare(self) -> tuple[Batcher, LatencyModel]:
+        """Runs on the worker thread: warm-up, latency profile, queues."""
         self.runner.warmup()
         self.metrics.graph_capture.set(getattr(self.runner, "capture_seconds", 0.0))
         self.metrics.graph_memory.set(getattr(self.runner, "graph_memory_bytes", 0))
@@ -164,18 +175,12 @@ class Engine:
             self.metrics.enable_gpu(self.runner.device.index or 0)
         profile = profile_levels(self.runner.run, levels=self.levels, input_size=self.input_size,
                                  max_batch_size=self.settings.max_batch_size)
-        self.latency = LatencyModel(profile_ms=profile, max_batch_size=self.settings.max_batch_size)
         for level, points in profile.items():
             log.info("latency profile %s: %s", level, ", ".join(f"b{b}={ms:.1f}ms" for b, ms in points.items()))
-        self.batcher = Batcher(levels=self.levels, max_batch_size=self.settings.max_batch_size,
-                               max_queue_delay_ms=self.settings.max_queue_delay_ms, latency=self.latency)
-        self.worker = InferenceWorker(runner=self.runner, batcher=self.batcher, latency=self.latency,
-                                      on_batch=self._on_batch)
-        self.worker.start()
-        self.warm_s = time.perf_counter() - start
-        self._ready = True
-        self.metrics.ready.set(1)
-        log.info("ready: model=%s levels=%s warm-up+profile %.1f s", self.model_name, ",".join(self.levels), self.warm_s)
+        latency = LatencyModel(profile_ms=profile, max_batch_size=self.settings.max_batch_size)
+        batcher = Batcher(levels=self.levels, max_batch_size=self.settings.max_batch_size,
+                          max_queue_delay_ms=self.settings.max_queue_delay_ms, latency=latency)
+        return batcher, latency
 
     @property
     def ready(self) -> bool:

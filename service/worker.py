@@ -44,34 +44,49 @@ class InferenceWorker:
     """Runs batches from `batcher` with `runner` on a dedicated thread.
 
     Args:
-        runner: a service.runner.Runner (warmed up).
-        batcher: the queues.
-        latency: corrected online with each measured batch.
+        runner: a service.runner.Runner.
+        batcher: the queues (or None when `start(prepare)` builds them on the thread).
+        latency: corrected online with each measured batch (or built by `prepare`).
         on_batch: called after every batch with (level, size, compute_s, queue_s list) for metrics.
     """
 
-    def __init__(self, *, runner, batcher: Batcher, latency: LatencyModel, on_batch=None):
+    def __init__(self, *, runner, batcher: Batcher | None = None, latency: LatencyModel | None = None,
+                 on_batch=None):
         self.runner = runner
         self.batcher = batcher
         self.latency = latency
         self.on_batch = on_batch
         self._busy: tuple[float, float] | None = None  # (start perf_counter, predicted s)
-        self._thread = threading.Thread(target=self._loop, name="inference-worker", daemon=True)
+        self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._prepared = threading.Event()
+        self._prepare_error: BaseException | None = None
         self.batches_run = 0
         self.batches_failed = 0
 
-    def start(self) -> None:
+    def start(self, prepare=None) -> None:
+        """Start the thread. `prepare()` (warm-up, profiling) runs first on that same thread and
+        returns (batcher, latency): the thread that serves is the thread that was measured, and
+        no other thread ever touches the model (invariant 4)."""
+        self._thread = threading.Thread(target=self._main, args=(prepare,), name="inference-worker", daemon=True)
         self._thread.start()
+
+    def wait_prepared(self, timeout_s: float | None = None) -> None:
+        """Block until `prepare` finished; re-raise what it raised."""
+        if not self._prepared.wait(timeout_s):
+            raise TimeoutError(f"worker not prepared after {timeout_s} s")
+        if self._prepare_error is not None:
+            raise self._prepare_error
 
     def stop(self, timeout_s: float | None = None) -> None:
         """Finish what is queued (the batcher is closed by the caller), then end the thread."""
         self._stop.set()
-        self._thread.join(timeout_s)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread is not None and self._thread.is_alive()
 
     def busy_ms(self) -> float:
         """Predicted remaining compute of the batch now running (0 when idle)."""
@@ -81,6 +96,17 @@ class InferenceWorker:
         start, predicted_s = busy
         return max(0.0, start + predicted_s - time.perf_counter()) * 1e3
 
+    def _main(self, prepare) -> None:
+        try:
+            if prepare is not None:
+                self.batcher, self.latency = prepare()
+        except BaseException as exc:  # reported to whoever waits for readiness
+            self._prepare_error = exc
+            self._prepared.set()
+            return
+        self._prepared.set()
+        self._loop()
+
     def _loop(self) -> None:
         while True:
             try:
@@ -89,7 +115,7 @@ class InferenceWorker:
                 log.exception("batcher failed")
                 continue
             if batch is None:
-                if self._stop.is_set() and (self.batcher.closed and not any(self.batcher.snapshot().values())):
+                if self._stop.is_set() and not any(self.batcher.snapshot().values()):
                     return
                 continue
             self._handle(batch)
