@@ -60,9 +60,9 @@ USER 10001:10001
 WORKDIR /home/sait
 EXPOSE 8000
 # Readiness, not liveness: the container is healthy once the model is loaded and warmed up.
-# python's urllib because the runtime image has no curl.
+# python's urllib because the runtime image has no curl; the port follows SAIT_PORT.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=4).status == 200 else 1)"]
-# Exec form: the server is PID 1's only child-free process and receives SIGTERM directly, so
-# it can drain in-flight requests (SAIT_DRAIN_TIMEOUT_S) before exiting.
+    CMD ["python", "-c", "import os, sys, urllib.request; url = 'http://127.0.0.1:%s/v2/health/ready' % os.environ.get('SAIT_PORT', '8000'); sys.exit(0 if urllib.request.urlopen(url, timeout=4).status == 200 else 1)"]
+# Exec form: sait-serve itself is PID 1 and receives SIGTERM directly (no shell in between),
+# so it can drain in-flight requests (SAIT_DRAIN_TIMEOUT_S) before exiting.
 ENTRYPOINT ["sait-serve"]

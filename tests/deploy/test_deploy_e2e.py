@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -237,12 +238,17 @@ def test_chart_probes_and_image_healthcheck_pass_on_the_running_service(stack, r
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         response = httpx.get(service.url + c[probe]["httpGet"]["path"], timeout=5)
         assert response.status_code == 200, probe
-    # The Dockerfile's HEALTHCHECK command, verbatim but for the port.
+    # The Dockerfile's HEALTHCHECK command, verbatim, with the service's SAIT_PORT.
     (line,) = re.findall(r"^\s+CMD (\[.*\])$", (REPO / "Dockerfile").read_text(), re.M)
-    command = [arg.replace("127.0.0.1:8000", f"127.0.0.1:{service.port}") for arg in json.loads(line)]
+    command = json.loads(line)
     assert command[0] == "python"
-    result = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=30)
+    env = {**os.environ, "SAIT_PORT": str(service.port)}
+    result = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=30, env=env)
     assert result.returncode == 0, result.stderr
+    # ... and it fails when nothing answers (a port nobody listens on).
+    env["SAIT_PORT"] = str(server_module.free_port())
+    result = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=30, env=env)
+    assert result.returncode != 0
     # Scraping is what the pod annotations promise.
     annotations = one(render(), "Deployment")["spec"]["template"]["metadata"]["annotations"]
     metrics = httpx.get(service.url + annotations["prometheus.io/path"], timeout=5)
