@@ -70,7 +70,9 @@ class SparseViT(nn.Module):
             mlp_tokens.append(n)
         dense = model_gflops(self.shape, (attn_tokens[0],) * self.shape.depth, (attn_tokens[0],) * self.shape.depth)
         gflops = model_gflops(self.shape, tuple(attn_tokens), tuple(mlp_tokens))
-        reducer = "+".join(dict.fromkeys(s.reducer for s in steps)) or "none"
+        # The last block's trim to the class token (+1) is exact, so it does not name the level.
+        named = [s for s in steps if not (s.block == self.shape.depth - 1 and s.reducer == "prune" and s.keep == 2)]
+        reducer = "+".join(dict.fromkeys(s.reducer for s in named)) or ("prune" if steps else "none")
         return Level(name, reducer, tuple(attn_tokens), gflops, gflops / dense, steps)
 
     # -- forward --------------------------------------------------------------------------
