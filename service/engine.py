@@ -17,7 +17,7 @@ import torch
 from models import load_model
 from models.card import LevelCard
 from service.batcher import Batcher, WorkItem
-from service.controller import Decision, Dial, LevelInfo, LoadSnapshot, Policy, choose_level
+from service.controller import Decision, Dial, LevelInfo, LoadSnapshot, Policy, choose_level, resolve_density
 from service.errors import ServiceError, Unavailable
 from service.labels import class_labels
 from service.latency_model import LatencyModel, profile_levels
@@ -95,8 +95,6 @@ class Engine:
             max_queue_delay_ms=settings.max_queue_delay_ms, queue_limit=settings.queue_limit,
         )
         if settings.fixed_density is not None:
-            from service.controller import resolve_density
-
             try:
                 resolve_density(settings.fixed_density, self.level_infos)
             except ServiceError as exc:
