@@ -10,6 +10,7 @@ import tritonclient.http as triton
 from PIL import Image
 from svc_helpers import running_server
 
+from models import load_model
 from models.preprocess import normalize_uint8, pil_to_uint8
 
 pytestmark = pytest.mark.assets
@@ -17,6 +18,23 @@ pytestmark = pytest.mark.assets
 DEIT = "deit_tiny_patch16_224"
 PHOTO = ("imagenet-samples", "n01443537_goldfish.JPEG")
 GOLDFISH = 1
+# The plain weights file inside the shared hub cache: loading it by path works whatever
+# HF_HOME the process imported huggingface_hub with.
+WEIGHTS = ("hf-cache", "hub", "models--timm--deit_tiny_patch16_224.fb_in1k", "snapshots",
+           "0000000000000000000000000000000000000000", "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def weights(assets_dir):
+    path = assets_dir.joinpath(*WEIGHTS)
+    if not path.is_file():
+        pytest.skip(f"shared assets absent: {path}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def deit(weights):
+    return load_model(DEIT, weights)
 
 
 @pytest.fixture(scope="module")
@@ -28,17 +46,17 @@ def photo(assets_dir):
 
 
 @pytest.fixture(scope="module")
-def reference(deit_tiny, photo):
+def reference(deit, photo):
     """Probabilities from the evaluation path: pil_to_uint8 -> normalize -> dense model -> softmax."""
-    crop = pil_to_uint8(Image.open(photo), deit_tiny.data_config)
+    crop = pil_to_uint8(Image.open(photo), deit.data_config)
     with torch.inference_mode():
-        probs = deit_tiny(normalize_uint8(crop[None], deit_tiny.data_config), "dense").softmax(-1)[0]
+        probs = deit(normalize_uint8(crop[None], deit.data_config), "dense").softmax(-1)[0]
     return crop, probs.numpy()
 
 
 @pytest.fixture(scope="module")
-def server(deit_tiny):  # deit_tiny: skips without the assets, and sets the offline HF cache
-    with running_server(model=DEIT, max_batch_size=2, levels="dense,l050", default_budget_ms=60_000,
+def server(weights):
+    with running_server(model=DEIT, weights=str(weights), max_batch_size=2, levels="dense,l050", default_budget_ms=60_000,
                         max_queue_delay_ms=0) as s:
         yield s
 
