@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                             timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)), access_log=False)
     server = DrainingServer(config, engine=engine, drain_timeout_s=settings.drain_timeout_s)
     server.run()
+    if engine.failed:
+        print(f"sait-serve: warm-up failed: {engine.failed}", file=sys.stderr)
+        return 1
     return 0
 
 

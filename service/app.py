@@ -92,8 +92,9 @@ async def _warm(engine: Engine, exit_on_failure: bool) -> None:
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        log.critical("warm-up failed, the server will not become ready: %s: %s", type(exc).__name__, exc)
-        if exit_on_failure:
+        engine.failed = f"{type(exc).__name__}: {exc}"
+        log.critical("warm-up failed, the server will not become ready: %s", engine.failed)
+        if exit_on_failure:  # drain (nothing is in flight) and exit non-zero: see service.__main__
             os.kill(os.getpid(), signal.SIGTERM)
 
 

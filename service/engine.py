@@ -107,6 +107,7 @@ class Engine:
         self.warm_s = 0.0
         self.draining = False
         self.inflight = 0
+        self.failed: str | None = None  # why warm-up failed, if it did
         self._ready = False
 
     # -- construction -----------------------------------------------------------------------------

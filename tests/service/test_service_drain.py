@@ -57,3 +57,47 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path):
             proc.kill()
             proc.wait(10)
         log.close()
+
+
+def test_failed_warm_up_never_turns_ready_and_liveness_fails():
+    import threading
+
+    import uvicorn
+
+    from models import load_model
+    from service.app import create_app
+    from service.engine import Engine
+    from service.runner import create_runner
+    from service.settings import Settings
+
+    class BrokenRunner:
+        def __init__(self, runner):
+            self.inner = runner
+            self.device = runner.device
+
+        def warmup(self):
+            raise RuntimeError("CUDA out of memory (simulated)")
+
+    port = free_port()
+    settings = Settings(model=TINY, device="cpu", port=port)
+    model = load_model(TINY)
+    runner = BrokenRunner(create_runner(model, device="cpu", cuda_graphs=False, max_batch_size=2))
+    engine = Engine(settings=settings, model=model, runner=runner, card=None)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, engine=engine), host="127.0.0.1", port=port,
+                                           log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            deadline = time.monotonic() + 60
+            while engine.failed is None:
+                assert time.monotonic() < deadline, "warm-up failure not reported"
+                time.sleep(0.05)
+            assert "simulated" in engine.failed
+            assert client.get("/v2/health/ready").status_code == 503
+            assert client.get("/v2/health/live").status_code == 503
+            r = client.post("/v1/classify", content=b"x")
+            assert r.status_code == 503 and "not ready" in r.json()["error"]
+    finally:
+        server.should_exit = True
+        thread.join(30)
