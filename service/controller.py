@@ -9,7 +9,8 @@ Rules, in order:
    one; else `min_accuracy` allows the levels whose card accuracy meets it; else every level.
 3. Predicted completion of the request at a level L, queue-aware: the remaining time of the
    batch in flight, plus draining every other level's queue, plus draining L's queue with
-   this request's images in it, plus the batching delay when its batch would not be full.
+   this request's images in it, plus the batching delay when its batch would not be full,
+   plus the recently measured hand-back overhead.
 4. Deadline: the budget (the request's, else SAIT_DEFAULT_BUDGET_MS), less the safety margin,
    less the time already spent (decoding). The densest candidate predicted to finish within
    it serves the request — except that `min_accuracy` without a budget asks for the fastest
@@ -73,10 +74,13 @@ class LoadSnapshot:
     Args:
         queued: images waiting per level.
         busy_ms: predicted remaining compute of the batch now running (0 when idle).
+        overhead_ms: recent time from a batch's end to its response being ready (handing
+            results back to the event loop), which no compute profile sees.
     """
 
     queued: Mapping[str, int] = field(default_factory=dict)
     busy_ms: float = 0.0
+    overhead_ms: float = 0.0
 
     @property
     def total_queued(self) -> int:
@@ -156,7 +160,7 @@ def drain_ms(latency: LatencyPredictor, level: str, images: int, max_batch_size:
 def predicted_completion_ms(level: str, images: int, load: LoadSnapshot, latency: LatencyPredictor,
                             policy: Policy) -> float:
     """When a request of `images` joining `level`'s queue now is predicted to finish (ms from now)."""
-    ahead = load.busy_ms
+    ahead = load.busy_ms + load.overhead_ms
     for other, queued in load.queued.items():
         if other != level and queued > 0:
             ahead += drain_ms(latency, other, queued, policy.max_batch_size)

@@ -112,3 +112,9 @@ def test_choice_is_pure():
 def test_resolve_density_accepts_text_numbers():
     assert resolve_density("0.5", LEVELS).name == "l050"
     assert resolve_density("dense", LEVELS).name == "dense"
+
+
+def test_hand_back_overhead_counts():
+    idle = choose_level(Dial(latency_budget_ms=20), LoadSnapshot(), LAT, levels=LEVELS, policy=POLICY)
+    slow_loop = choose_level(Dial(latency_budget_ms=20), LoadSnapshot(overhead_ms=4.0), LAT, levels=LEVELS, policy=POLICY)
+    assert (idle.level, slow_loop.level) == ("dense", "l060")
