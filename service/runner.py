@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.levels import DENSE
 from models.preprocess import DataConfig
 
 log = logging.getLogger(__name__)
@@ -86,26 +87,42 @@ class InferenceStep(nn.Module):
         device: where mean/std live.
         precision: "fp32", "bf16" or "fp16".
         top_k: how many classes to return (clamped to the number of classes).
+        fp32_head: under bf16/fp16, run the classifier head in fp32 (see `logits`).
     """
 
-    def __init__(self, model: nn.Module, *, data_config: DataConfig, device: torch.device, precision: str, top_k: int):
+    def __init__(self, model: nn.Module, *, data_config: DataConfig, device: torch.device, precision: str, top_k: int,
+                 fp32_head: bool = True):
         super().__init__()
         self.model = model
         self.device = device
         self.precision = precision
         self.top_k = top_k
+        self.fp32_head = fp32_head
         # Same arithmetic as normalize_uint8: (x/255 - mean) / std, in float32.
         self.register_buffer("mean", torch.tensor(data_config.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(data_config.std, dtype=torch.float32, device=device).view(1, -1, 1, 1))
 
     def forward(self, x_uint8: torch.Tensor, level: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = (x_uint8.to(torch.float32) / 255.0 - self.mean) / self.std
-        with autocast_context(self.device, self.precision):
-            logits = self.model(x, level)
-        probs = logits.float().softmax(dim=-1)
+        probs = self.logits(x, level).float().softmax(dim=-1)
         k = min(self.top_k, probs.shape[-1])
         values, indices = probs.topk(k, dim=-1)
         return probs, values, indices
+
+    def logits(self, x: torch.Tensor, level: str) -> torch.Tensor:
+        """The model at `level`; under reduced precision the blocks run in autocast and the head
+        in fp32: the head decides between near-tied classes, and in fp32 it costs one small
+        matmul (docs/precision.md measures the agreement with fp32 with and without it)."""
+        if self.precision == "fp32" or not self.fp32_head or not hasattr(self.model, "forward_head"):
+            with autocast_context(self.device, self.precision):
+                return self.model(x, level)
+        with autocast_context(self.device, self.precision):
+            if level == DENSE:
+                # timm's forward is forward_head(forward_features(x)): the same two halves.
+                features = self.model.timm_model.forward_features(x)
+            else:
+                features = self.model.forward_features(x, self.model.level(level))
+        return self.model.forward_head(features.float())
 
 
 class Runner:
@@ -117,11 +134,13 @@ class Runner:
         precision: "auto", "fp32", "bf16" or "fp16".
         max_batch_size: the largest batch the service forms (warm-up and graph buckets use it).
         top_k: classes returned per image.
+        fp32_head: under bf16/fp16, run the classifier head in fp32 (default; cheap, more faithful).
     """
 
     uses_cuda_graphs = False
 
-    def __init__(self, model: nn.Module, *, device: str = "auto", precision: str = "auto", max_batch_size: int = 32, top_k: int = 5):
+    def __init__(self, model: nn.Module, *, device: str = "auto", precision: str = "auto", max_batch_size: int = 32,
+                 top_k: int = 5, fp32_head: bool = True):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if top_k < 1:
@@ -134,7 +153,8 @@ class Runner:
         self.levels: tuple[str, ...] = tuple(getattr(model, "levels", {"dense": None}))
         self.input_size: tuple[int, int, int] = tuple(model.data_config.input_size)
         self.step = InferenceStep(
-            self.model, data_config=model.data_config, device=self.device, precision=self.precision, top_k=top_k
+            self.model, data_config=model.data_config, device=self.device, precision=self.precision, top_k=top_k,
+            fp32_head=fp32_head,
         )
         # Exported as sait_cuda_graph_capture_seconds / sait_cuda_graph_memory_bytes; zero
         # for runners that capture nothing. warmup_seconds is the whole warm-up.
@@ -208,6 +228,7 @@ def create_runner(
     cuda_graphs: bool = True,
     max_batch_size: int = 32,
     top_k: int = 5,
+    fp32_head: bool = True,
 ) -> Runner:
     """The runner the settings ask for: CUDA graphs on CUDA when enabled, else eager.
 
@@ -218,9 +239,10 @@ def create_runner(
         cuda_graphs: capture CUDA graphs when on CUDA (SAIT_CUDA_GRAPHS); ignored on CPU.
         max_batch_size: largest batch (SAIT_MAX_BATCH_SIZE); graph buckets go up to it.
         top_k: classes returned per image.
+        fp32_head: under bf16/fp16, keep the classifier head in fp32 (ablation switch).
     """
     dev = resolve_device(device)
-    kwargs = dict(device=str(dev), precision=precision, max_batch_size=max_batch_size, top_k=top_k)
+    kwargs = dict(device=str(dev), precision=precision, max_batch_size=max_batch_size, top_k=top_k, fp32_head=fp32_head)
     if cuda_graphs and dev.type == "cuda":
         from service.cuda_graphs import CudaGraphRunner
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from pathlib import Path
 
 import torch
 
@@ -27,6 +28,19 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def git_commit() -> str | None:
+    """The checkout's commit (with "+dirty" when files differ): which levels and code ran."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "models", "service"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
+
+
 def describe(device: torch.device) -> dict:
     """A JSON-able description of the machine and software for a report header."""
     env = {
@@ -39,6 +53,7 @@ def describe(device: torch.device) -> dict:
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
         "python": platform.python_version(),
+        "git_commit": git_commit(),
         # Other work on the machine skews CPU figures; the report says how busy it was.
         "load_average_1m_at_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
@@ -58,4 +73,5 @@ def headline(env: dict) -> str:
     cuda = f", CUDA {env['cuda']}" if env.get("cuda") else ""
     load = env.get("load_average_1m_at_start")
     busy = f"; load average {load} at start" if load is not None else ""
-    return f"{dev}; torch {env['torch']}{cuda}; Python {env['python']}{busy}"
+    commit = f"; commit {env['git_commit']}" if env.get("git_commit") else ""
+    return f"{dev}; torch {env['torch']}{cuda}; Python {env['python']}{busy}{commit}"

@@ -31,7 +31,8 @@ class PrecisionBenchConfig:
         model: timm model name; pretrained weights (HF cache) unless `weights` is given.
         weights: local .safetensors/.pth, or None.
         device: "auto", "cpu" or "cuda".
-        precisions: the reduced precisions compared with fp32.
+        precisions: the reduced precisions compared with fp32; a "-head16" suffix (as in
+            "bf16-head16") runs the head under autocast too (the runner keeps it in fp32).
         images_per_set: images taken from each of imagenet-samples and imagenet-val, evenly
             spaced over the sorted file list (0 = all of them).
         fp16_images_per_set: a smaller count for fp16 (CPU fp16 autocast is emulated, slow);
@@ -89,21 +90,28 @@ def run_precision_bench(cfg: PrecisionBenchConfig) -> dict:
     assets = Path(cfg.assets)
     if not all((assets / s / "labels.csv").is_file() for s in IMAGE_SETS):
         raise FileNotFoundError(f"needs {', '.join(IMAGE_SETS)} with labels.csv under {assets}")
+    for precision in cfg.precisions:
+        base, _, head = precision.partition("-")
+        if base not in ("bf16", "fp16") or head not in ("", "head16"):
+            raise ValueError(f"unknown precision variant {precision!r}; use e.g. bf16, fp16, bf16-head16")
     device = resolve_device(cfg.device)
     model = load_model(cfg.model, cfg.weights)
     images, labels, names = load_images(assets, cfg.images_per_set, model.data_config)
     n_fp16 = cfg.fp16_images_per_set or cfg.images_per_set
     rows = []
     for precision in ("fp32", *cfg.precisions):
-        runner = create_runner(model, device=str(device), precision=precision, cuda_graphs=cfg.cuda_graphs,
-                               max_batch_size=cfg.batch_size, top_k=1)
+        base, _, head = precision.partition("-")
+        runner = create_runner(model, device=str(device), precision=base, cuda_graphs=cfg.cuda_graphs,
+                               max_batch_size=cfg.batch_size, top_k=1, fp32_head=head != "head16")
         runner.warmup()
-        subset = _subset(names, n_fp16) if precision == "fp16" and n_fp16 != cfg.images_per_set else slice(None)
+        subset = _subset(names, n_fp16) if base == "fp16" and n_fp16 != cfg.images_per_set else slice(None)
         for level in tqdm(model.levels, desc=f"{precision} levels", unit="level"):
             top1 = predict(runner, level, images[subset], cfg.batch_size)
             rows.append({"precision": precision, "level": level, "subset": subset, "top1": top1})
         del runner
-    return _summarize(cfg, device, rows, labels, names)
+    result = _summarize(cfg, device, rows, labels, names)
+    result["levels"] = {name: level.as_dict() for name, level in model.levels.items()}
+    return result
 
 
 def _subset(names: list[str], per_set: int) -> torch.Tensor:

@@ -105,11 +105,12 @@ def _fake_assets(root, per_set: int):
 
 def test_precision_bench_compares_every_level_with_fp32(tmp_path):
     _fake_assets(tmp_path, per_set=3)
-    cfg = PrecisionBenchConfig(model="vit_tiny_test", device="cpu", precisions=("bf16",), images_per_set=2,
-                               batch_size=2, assets=str(tmp_path))
+    cfg = PrecisionBenchConfig(model="vit_tiny_test", device="cpu", precisions=("bf16", "bf16-head16"),
+                               images_per_set=2, batch_size=2, assets=str(tmp_path))
     r = run_precision_bench(cfg)
     assert r["images"] == {s: 2 for s in IMAGE_SETS}
-    assert len(r["rows"]) == 2 * 6  # fp32 and bf16 at each of the 6 levels
+    assert len(r["rows"]) == 3 * 6  # fp32, bf16 and bf16-head16 at each of the 6 levels
+    assert list(r["levels"]) == [row["level"] for row in r["rows"][:6]]
     for row in r["rows"]:
         assert row["images"] == 4 and 0.0 <= row["agreement_with_fp32"] <= 1.0
         if row["precision"] == "fp32":
@@ -117,9 +118,13 @@ def test_precision_bench_compares_every_level_with_fp32(tmp_path):
     assert "top-1 agreement with fp32" in precision_markdown(r)
 
 
-def test_precision_bench_without_assets_says_what_is_missing(tmp_path):
+def test_precision_bench_without_assets_or_with_a_bad_variant_says_why(tmp_path):
     with pytest.raises(FileNotFoundError, match="imagenet-samples"):
         run_precision_bench(PrecisionBenchConfig(model="vit_tiny_test", device="cpu", assets=str(tmp_path)))
+    _fake_assets(tmp_path, per_set=1)
+    with pytest.raises(ValueError, match="bf16-head16"):
+        run_precision_bench(PrecisionBenchConfig(model="vit_tiny_test", device="cpu", precisions=("bf16-x",),
+                                                 assets=str(tmp_path)))
 
 
 def _fake_server(request: httpx.Request) -> httpx.Response:

@@ -72,3 +72,30 @@ def test_cuda_device_without_cuda_is_a_clear_error(model):
         pytest.skip("CUDA present: this checks the message shown without it")
     with pytest.raises(RuntimeError, match="no CUDA"):
         create_runner(model, device="cuda", precision="auto", cuda_graphs=True, max_batch_size=1, top_k=1)
+
+
+@pytest.mark.parametrize("level", ["dense", "l060"])
+def test_reduced_precision_runs_the_head_in_fp32(model, level):
+    """Under bf16 the head's matmul sees fp32 features and fp32 weights."""
+    r = create_runner(model, device="cpu", precision="bf16", cuda_graphs=False, max_batch_size=2, top_k=3)
+    seen = []
+    handle = model.timm_model.head.register_forward_hook(lambda mod, inp, out: seen.append((inp[0].dtype, out.dtype)))
+    try:
+        out = r.run(level, _images(2, seed=4))
+    finally:
+        handle.remove()
+    assert seen == [(torch.float32, torch.float32)]
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        body_bf16 = model(normalize_uint8(_images(2, seed=4), model.data_config), level).float().softmax(-1)
+    # Same probabilities as the all-bf16 forward, up to bf16 rounding of the head.
+    torch.testing.assert_close(out.probs, body_bf16, rtol=0.05, atol=2e-3)
+    # The ablation switch puts the head back under autocast.
+    r16 = create_runner(model, device="cpu", precision="bf16", cuda_graphs=False, max_batch_size=2, top_k=3,
+                        fp32_head=False)
+    seen.clear()
+    handle = model.timm_model.head.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    try:
+        r16.run(level, _images(2, seed=4))
+    finally:
+        handle.remove()
+    assert seen == [torch.bfloat16]
