@@ -110,12 +110,16 @@ def fit(recipe: Recipe, shape: VitShape, target: float) -> tuple[ReductionStep, 
 
 
 # Chosen by measurement on DeiT-Tiny (docs/accuracy.md).
-# ToMe-style constant merging from block 2 (of 12) is the best measured down to 0.6x; at
-# 0.5x constant merging runs the last blocks dry, so an early EViT prune (with fusion) takes
-# the first cut and geometric merging the rest.
-_MERGE = Recipe(reducer="merge", start=2 / 12)
-_PRUNE_THEN_MERGE = Recipe(reducer="merge", start=2 / 12, profile="geometric", early=("prune", 1 / 12, 0.85), early_fuse=True)
-DEFAULT_RECIPES: dict[float, Recipe] = {0.9: _MERGE, 0.8: _MERGE, 0.7: _MERGE, 0.6: _MERGE, 0.5: _PRUNE_THEN_MERGE}
+# Chosen on DeiT-Tiny (docs/accuracy.md, "schedules tried"): ToMe merging that starts later
+# the lighter the level (early blocks' keys are not yet semantic); a geometric profile from
+# 0.7x down, so the last blocks never run dry; at 0.5x a fused EViT prune takes the first cut.
+DEFAULT_RECIPES: dict[float, Recipe] = {
+    0.9: Recipe(reducer="merge", start=6 / 12),
+    0.8: Recipe(reducer="merge", start=4 / 12),
+    0.7: Recipe(reducer="merge", start=4 / 12, profile="geometric"),
+    0.6: Recipe(reducer="merge", start=3 / 12, profile="geometric"),
+    0.5: Recipe(reducer="merge", start=3 / 12, profile="geometric", early=("prune", 2 / 12, 0.85), early_fuse=True),
+}
 
 
 def default_schedules(shape: VitShape) -> dict[str, tuple[ReductionStep, ...]]:
