@@ -1,0 +1,208 @@
+"""The schedule search behind the default levels (docs/accuracy.md, "schedules tried").
+
+    python -m models.schedule_search --model deit_tiny_patch16_224 \
+        --set ../shared/assets/imagenet-samples --set ../shared/assets/imagenet-val \
+        --subset 600 --cache /tmp/sait-eval-crops.pt --out /tmp/search.jsonl \
+        merge:2+fp@0.6 mergegeo:3+fp@0.6 hybg:prunef:2:0.85:merge+fp@0.5
+
+Each job is `<schedule>@<target GFLOPs ratio>`; its one strength knob is fitted so that the
+schedule is as dense as possible at or below the target, then it runs on a fixed random
+subset of the images and reports the top-1 change against dense and the agreement with
+dense. Decoded crops are cached (outside the repository) so a search only runs the model.
+
+Schedules (`s` = first block, `b` = block, `k` = fraction of patches kept):
+  merge[:s], pitome[:s]    constant tokens removed per block from block s (ToMe's r)
+  mergegeo[:s]             a constant fraction of the patches merged per block from block s
+  mergedec, pitomedec      ToMe's decreasing schedule (2r at block 0 down to 0)
+  evit, evitf, tps         prune (f: with fusion) or squeeze at blocks 3, 6, 9, one keep rate
+  naive                    one top-k class-attention prune at block 3 (the baseline)
+  hyb:<early>:<b>:<k>:<late>[:s], hybg:...   one early prune/prunef/squeeze at block b, then
+                           constant (hyb) or geometric (hybg) <late> reduction from s (= b+1)
+Suffix `+fp`: the exact last-block trim to 2 tokens. Prefix `np/`: no proportional attention.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from models.evalset import decode_items, read_labels
+from models.levels import ReductionStep
+from models.loader import load_model
+from models.preprocess import normalize_uint8
+from models.schedules import gflops_ratio
+from models.sparse_vit import SparseViT
+
+
+def _counts_to_steps(counts: list[int], reducers: list[tuple[str, bool] | None], n0: int) -> tuple[ReductionStep, ...]:
+    steps, n = [], n0
+    for block, (count, red) in enumerate(zip(counts, reducers)):
+        count = max(int(count), 3)
+        if red is not None and count < n:
+            steps.append(ReductionStep(block, red[0], count, red[1]))
+            n = count
+    return tuple(steps)
+
+
+def build(spec: str, strength: float, depth: int, n0: int) -> tuple[ReductionStep, ...]:
+    """Steps of schedule `spec` at `strength` (tokens per block, or a fraction for rates)."""
+    if spec.endswith("+fp"):
+        steps = [s for s in build(spec[:-3], strength, depth, n0) if s.block != depth - 1]
+        return tuple(steps) + (ReductionStep(depth - 1, "prune", 2),)
+    parts = spec.split(":")
+    kind = parts[0]
+    counts: list[int] = []
+    reducers: list[tuple[str, bool] | None] = []
+    if kind in ("merge", "pitome", "mergegeo"):
+        start = int(parts[1]) if len(parts) > 1 else 0
+        n, removed = n0, 0.0
+        for block in range(depth):
+            if block >= start:
+                if kind == "mergegeo":
+                    n = round((n - 1) * (1 - min(strength, 0.99))) + 1
+                else:
+                    removed += strength
+                    n = n0 - round(removed)
+            counts.append(n)
+            reducers.append(("pitome" if kind == "pitome" else "merge", False) if block >= start else None)
+    elif kind in ("mergedec", "pitomedec"):
+        removed = 0.0
+        for block in range(depth):
+            removed += strength * 2 * (1 - block / (depth - 1))
+            counts.append(n0 - round(removed))
+            reducers.append((kind[:-3], False))
+    elif kind in ("evit", "evitf", "tps", "naive"):
+        keep_rate = 1 - min(strength, 0.99)
+        blocks = [3] if kind == "naive" else [depth // 4, depth // 2, 3 * depth // 4]
+        red = ("squeeze", False) if kind == "tps" else ("prune", kind == "evitf")
+        n = n0
+        for block in range(depth):
+            if block in blocks:
+                n = round((n - 1) * keep_rate) + 1
+            counts.append(n)
+            reducers.append(red if block in blocks else None)
+    elif kind in ("hyb", "hybg"):
+        early, early_block, keep_frac, late = parts[1], int(parts[2]), float(parts[3]), parts[4]
+        start = int(parts[5]) if len(parts) > 5 else early_block + 1
+        fuse = early == "prunef"
+        n = round((n0 - 1) * keep_frac) + 1 + int(fuse)
+        n_early = n
+        for block in range(depth):
+            if block == early_block:
+                reducers.append(("prune" if fuse else early, fuse))
+            elif block >= start and block > early_block:
+                if kind == "hybg":
+                    n = round((n - 1) * (1 - min(strength, 0.99))) + 1
+                else:
+                    n = n_early - round(strength * (block - start + 1))
+                reducers.append((late, False))
+            else:
+                reducers.append(None)
+            counts.append(n if block >= early_block else n0)
+    else:
+        raise ValueError(f"unknown schedule {spec!r}")
+    return _counts_to_steps(counts, reducers, n0)
+
+
+def fit(spec: str, target: float, model: SparseViT) -> tuple[float, tuple[ReductionStep, ...]] | None:
+    """The smallest strength (densest schedule) whose GFLOPs ratio is at or below target."""
+    shape = model.shape
+    n0 = shape.num_patches + shape.num_prefix_tokens
+    hi = 1.0 if any(spec.split(":")[0].startswith(k) for k in ("mergegeo", "hybg", "evit", "tps", "naive")) else float(n0)
+    lo, best = 0.0, None
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        steps = build(spec, mid, shape.depth, n0)
+        if gflops_ratio(shape, steps) <= target:
+            best, hi = (mid, steps), mid
+        else:
+            lo = mid
+    return best
+
+
+def load_crops(sets: list[str], model: SparseViT, cache: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if cache is not None and cache.is_file():
+        data = torch.load(cache, weights_only=True)
+        return data["x"], data["y"]
+    xs, ys = [], []
+    for folder in sets:
+        x, y = decode_items(read_labels(folder, Path(folder) / "labels.csv"), model.data_config)
+        xs.append(x)
+        ys.append(y)
+    x, y = torch.cat(xs), torch.cat(ys)
+    if cache is not None:
+        torch.save({"x": x, "y": y}, cache)
+    return x, y
+
+
+def _ablation(variant: str, attention):
+    """np: merged tokens' sizes stop biasing attention; mk: keys averaged over heads."""
+    if variant not in ("np", "mk"):
+        raise ValueError(f"unknown ablation {variant!r} (np, mk)")
+
+    def patched(attn, x, size, *, need_scores):
+        out, cls_attn, keys = attention(attn, x, None if variant == "np" else size, need_scores=need_scores)
+        if variant == "mk" and keys is not None:
+            keys = keys.view(*keys.shape[:2], attn.num_heads, -1).mean(2)
+        return out, cls_attn, keys
+
+    return patched
+
+
+@torch.inference_mode()
+def predictions(model: SparseViT, x: torch.Tensor, level: str, batch_size: int = 64) -> torch.Tensor:
+    cfg = model.data_config
+    return torch.cat([model(normalize_uint8(x[i : i + batch_size], cfg), level=level).argmax(-1) for i in range(0, len(x), batch_size)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m models.schedule_search", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="deit_tiny_patch16_224")
+    p.add_argument("--set", action="append", required=True, help="image folder with labels.csv (repeatable)")
+    p.add_argument("--subset", type=int, default=600, help="random images to search on (0: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", type=Path, help="decoded crops cache (.pt), outside the repository")
+    p.add_argument("--out", type=Path, required=True, help="JSON lines, one per job (appended)")
+    p.add_argument("jobs", nargs="+", help="<schedule>@<target>, e.g. merge:2+fp@0.6")
+    args = p.parse_args(argv)
+    model = load_model(args.model)
+    x, y = load_crops(args.set, model, args.cache)
+    if args.subset:
+        idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(args.seed))[: args.subset].sort().values
+        x, y = x[idx], y[idx]
+    dense = predictions(model, x, "dense")
+    dense_top1 = (dense == y).float().mean().item()
+    original_attention = SparseViT._attention
+    for job in args.jobs:
+        spec, target = job.rsplit("@", 1)
+        variant, _, spec = spec.rpartition("/")
+        found = fit(spec, float(target), model)
+        if found is None:
+            print(f"{job}: no schedule reaches the target", file=sys.stderr)
+            continue
+        strength, steps = found
+        sparse = SparseViT(model.timm_model, schedules={"job": steps})
+        if variant:
+            sparse._attention = _ablation(variant, original_attention)
+        t0 = time.perf_counter()
+        pred = predictions(sparse, x, "job")
+        level = sparse.level("job")
+        row = {
+            "kind": job.rsplit("@", 1)[0], "target": float(target), "param": round(strength, 3),
+            "ratio": round(level.gflops_ratio, 4), "subset": len(y),
+            "dtop1": round(((pred == y).float().mean().item() - dense_top1) * 100, 2),
+            "agree": round((pred == dense).float().mean().item(), 4),
+            "tokens": list(level.tokens_per_block), "s": round(time.perf_counter() - t0, 1),
+        }
+        print(json.dumps(row), flush=True)
+        with args.out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
