@@ -9,8 +9,10 @@ program stays fixed-shape (batchable, capturable as a CUDA graph):
    reduce) and the probe block's attention; take the class token's attention over the patches.
 2. Need: per image, sort that attention, and count the patches whose cumulative mass reaches
    `threshold` (`needed_patches`). Threshold 1.0 needs every patch; 0.0 needs one.
-3. Bucket: route the image to the cheapest level whose reduction at the probe keeps at least
-   that many patches; an image that needs every patch goes to dense.
+3. Bucket: route the image to the cheapest level whose capacity (its share of dense GFLOPs
+   times the patch count) is at least that many patches; an image that needs every patch goes
+   to dense. Capacity, not the keep count at one block, so that levels with any reducer and
+   schedule (prune at one block, merge at every block, ...) are candidates.
 
 Steps 1-3 are one fixed-shape computation [B,3,H,W] -> level index [B] (`route`): no
 `.item()`, `nonzero` or data-dependent shapes, so it can be captured as its own graph.
@@ -55,10 +57,15 @@ def needed_patches(patch_attn: torch.Tensor, threshold: float) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Bucket:
-    """A static level an image can be routed to, and how many patches it keeps at the probe."""
+    """A static level an image can be routed to.
+
+    `capacity_patches` is the level's share of dense GFLOPs times the patch count: the number
+    of patches a uniformly thinned model of the same cost would keep. It makes levels of any
+    reducer and schedule comparable with a per-image patch count.
+    """
 
     level: Level
-    keep_patches: int
+    capacity_patches: int
 
 
 # reduce_tokens gained a `num_blocks` argument (schedule-aware reducers); pass it when present.
@@ -107,7 +114,6 @@ class AdaptiveDensity(nn.Module):
         model: the SparseViT whose levels serve as buckets.
         threshold: class-attention mass each image keeps, in [0, 1].
         levels: names of the candidate levels (default: all); dense is always a candidate.
-            Levels that do not reduce at the probe block are left out (no keep count there).
     """
 
     def __init__(self, model: SparseViT, *, threshold: float, levels: list[str] | None = None):
@@ -120,23 +126,21 @@ class AdaptiveDensity(nn.Module):
         sparse = [model.level(n) for n in names if n != DENSE and model.level(n).schedule]
         if not sparse:
             raise ValueError("adaptive density needs at least one sparse level")
+        # Every candidate runs unreduced up to here, so they all share the probe's prefix.
         self.probe_block = min(lvl.schedule[0].block for lvl in sparse)
-        prefix = model.shape.num_prefix_tokens
-        buckets = [
-            Bucket(lvl, lvl.schedule[0].keep - prefix) for lvl in sparse if lvl.schedule[0].block == self.probe_block
-        ]
+        n = model.shape.num_patches
         # Cheapest first; dense (every patch) last, as the fallback.
-        buckets.sort(key=lambda b: b.level.gflops)
-        buckets.append(Bucket(model.level(DENSE), model.shape.num_patches))
+        buckets = [Bucket(lvl, int(lvl.gflops_ratio * n)) for lvl in sorted(sparse, key=lambda lv: lv.gflops)]
+        buckets.append(Bucket(model.level(DENSE), n))
         self.buckets: tuple[Bucket, ...] = tuple(buckets)
         self.register_buffer(
-            "_bucket_keep", torch.tensor([b.keep_patches for b in buckets], dtype=torch.int64), persistent=False
+            "_bucket_capacity", torch.tensor([b.capacity_patches for b in buckets], dtype=torch.int64), persistent=False
         )
 
     def bucket_for(self, needed: torch.Tensor) -> torch.Tensor:
-        """needed patches [B] -> index into `buckets` [B]: the cheapest one keeping enough."""
-        keep = self._bucket_keep.to(needed.device)
-        enough = keep.view(1, -1) >= needed.view(-1, 1)  # [B, buckets]; dense always enough
+        """needed patches [B] -> index into `buckets` [B]: the cheapest one with enough capacity."""
+        capacity = self._bucket_capacity.to(needed.device)
+        enough = capacity.view(1, -1) >= needed.view(-1, 1)  # [B, buckets]; dense always enough
         # The first True column (buckets are cheapest first); argmax of int finds it.
         idx = enough.to(torch.int8).argmax(dim=1)
         full = needed >= self.model.shape.num_patches

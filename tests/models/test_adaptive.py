@@ -46,7 +46,8 @@ def test_buckets_cheapest_first_dense_last(model):
     assert names[-1] == "dense" and len(names) == len(model.levels)
     gflops = [b.level.gflops for b in ad.buckets]
     assert gflops == sorted(gflops)
-    keep = [b.keep_patches for b in ad.buckets]
+    keep = [b.capacity_patches for b in ad.buckets]
+    assert keep == sorted(keep) and keep[-1] == model.shape.num_patches
     needed = torch.tensor([1, keep[0], keep[0] + 1, keep[-2], keep[-2] + 1, keep[-1]])
     assert ad.bucket_for(needed).tolist() == [0, 0, 1, len(keep) - 2, len(keep) - 1, len(keep) - 1]
     assert 0 < ad.probe_gflops() < model.level("dense").gflops * 0.5
