@@ -62,7 +62,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     clip_grad: float = 1.0
     temperature: float = 1.0
-    ce_weight: float = 0.25
+    ce_weight: float = 0.1
     token_weight: float = 0.1
     teacher_attn_block: int = -1
     levels: tuple[str, ...] | None = None
