@@ -126,30 +126,38 @@ def squeeze(step: ReductionStep, state: TokenState, *, cls_attn: torch.Tensor, k
 
 
 # -- bipartite merging (ToMe, PiToMe) --------------------------------------------------------
+def _take(t: torch.Tensor, idx: torch.Tensor | slice) -> torch.Tensor:
+    """Rows of t [B,N,...]: a static slice (a strided view, no copy) or per-sample indices."""
+    return t[:, idx] if isinstance(idx, slice) else _gather(t, idx)
+
+
 def _bipartite_merge(
     x: torch.Tensor,
     size: torch.Tensor,
     metric: torch.Tensor,
     *,
-    fixed_idx: torch.Tensor,
-    a_idx: torch.Tensor,
-    b_idx: torch.Tensor,
+    fixed_idx: torch.Tensor | None,
+    a_idx: torch.Tensor | slice,
+    b_idx: torch.Tensor | slice,
     r: int,
     a_blocked: torch.Tensor | None = None,
+    need_metric: bool = False,
 ):
     """Merge the r A-tokens with the most similar B partners into those partners.
 
     Tokens in `fixed_idx` pass through untouched (in front); the unmerged A tokens follow in
     their A order, then the B tokens, each the size-weighted mean of itself and what merged
-    into it. `metric` (unit rows) is merged the same way so that several rounds can follow.
+    into it. With `need_metric`, `metric` (unit rows) is merged the same way so that another
+    round can follow (else None is returned for it).
 
     Args:
-        fixed_idx, a_idx, b_idx: [B,F], [B,Na], [B,Nb] token indices partitioning the tokens.
+        fixed_idx: [B,F] indices of tokens that are neither in A nor in B, or None.
+        a_idx, b_idx: A and B, as [B,Na]/[B,Nb] indices or static slices (ToMe's alternation).
         r: merges to make, at most Na minus the blocked A tokens.
-        a_blocked: [B,Na] bool, A tokens that must never be merged (the class token).
+        a_blocked: [Na] or [B,Na] bool, A tokens that must never be merged (the class token).
     """
-    sim = _gather(metric, a_idx) @ _gather(metric, b_idx).transpose(1, 2)  # [B,Na,Nb]
-    best, partner = sim.max(dim=-1)
+    metric_a, metric_b = _take(metric, a_idx), _take(metric, b_idx)
+    best, partner = (metric_a @ metric_b.transpose(1, 2)).max(dim=-1)  # per A token: best B
     if a_blocked is not None:
         best = best.masked_fill(a_blocked, -math.inf)
     order = best.argsort(dim=1, descending=True)
@@ -157,21 +165,25 @@ def _bipartite_merge(
     # Keep the unmerged A tokens in their original order (puts a blocked class token first).
     unm = unm.sort(dim=1).values
     dst = _gather(partner, src)  # positions in B
-    src_tok, unm_tok = _gather(a_idx, src), _gather(a_idx, unm)
 
-    def merged(t: torch.Tensor, weighted: bool) -> torch.Tensor:
-        s_b = _gather(size, b_idx)
-        s_src = _gather(size, src_tok)
-        if weighted:
-            tb = _gather(t, b_idx) * s_b.unsqueeze(-1)
-            tb = _scatter_add(tb, dst, _gather(t, src_tok) * s_src.unsqueeze(-1))
-            return tb / _scatter_add(s_b, dst, s_src).unsqueeze(-1)
-        return _scatter_add(s_b, dst, s_src)
+    size_a, size_b = _take(size, a_idx), _take(size, b_idx)
+    size_src = _gather(size_a, src)
+    size_merged = _scatter_add(size_b, dst, size_src)
 
-    keep_idx = torch.cat([fixed_idx, unm_tok], dim=1)
-    x_out = torch.cat([_gather(x, keep_idx), merged(x, True)], dim=1)
-    size_out = torch.cat([_gather(size, keep_idx), merged(size, False)], dim=1)
-    metric_out = torch.cat([_gather(metric, keep_idx), F.normalize(merged(metric, True), dim=-1)], dim=1)
+    def merged(t_a: torch.Tensor, t_b: torch.Tensor) -> torch.Tensor:
+        num = _scatter_add(t_b * size_b.unsqueeze(-1), dst, _gather(t_a, src) * size_src.unsqueeze(-1))
+        return num / size_merged.unsqueeze(-1)
+
+    def kept(t: torch.Tensor, t_a: torch.Tensor) -> torch.Tensor:
+        unmerged = _gather(t_a, unm)
+        return unmerged if fixed_idx is None else torch.cat([_gather(t, fixed_idx), unmerged], dim=1)
+
+    x_a, x_b = _take(x, a_idx), _take(x, b_idx)
+    x_out = torch.cat([kept(x, x_a), merged(x_a, x_b)], dim=1)
+    size_out = torch.cat([kept(size, size_a), size_merged], dim=1)
+    metric_out = None
+    if need_metric:
+        metric_out = torch.cat([kept(metric, metric_a), F.normalize(merged(metric_a, metric_b), dim=-1)], dim=1)
     return x_out, size_out, metric_out
 
 
@@ -186,12 +198,12 @@ def merge(step: ReductionStep, state: TokenState, *, cls_attn: torch.Tensor, key
     metric = F.normalize(keys, dim=-1)
     while x.shape[1] > step.keep:
         n = x.shape[1]
-        pos = torch.arange(n, device=x.device)
-        a_idx = pos[0::2].expand(x.shape[0], -1)
-        b_idx = pos[1::2].expand(x.shape[0], -1)
-        r = min(n - step.keep, a_idx.shape[1] - 1)  # the class token (A[0]) is never merged
+        n_a = (n + 1) // 2
+        r = min(n - step.keep, n_a - 1)  # the class token (A[0]) is never merged
+        blocked = torch.arange(n_a, device=x.device) == 0
         x, size, metric = _bipartite_merge(
-            x, size, metric, fixed_idx=a_idx[:, :0], a_idx=a_idx, b_idx=b_idx, r=r, a_blocked=a_idx == 0
+            x, size, metric, fixed_idx=None, a_idx=slice(0, None, 2), b_idx=slice(1, None, 2), r=r,
+            a_blocked=blocked, need_metric=n - r > step.keep,
         )
     return TokenState(x=x, size=size)
 
@@ -228,7 +240,7 @@ def pitome(step: ReductionStep, state: TokenState, *, cls_attn: torch.Tensor, ke
         fixed = _cls_first(order[:, 2 * r :])
         # Alternate the candidates (in energy order) into A and B; every A token merges.
         x, size, metric = _bipartite_merge(
-            x, size, metric, fixed_idx=fixed, a_idx=cand[:, 0::2], b_idx=cand[:, 1::2], r=r
+            x, size, metric, fixed_idx=fixed, a_idx=cand[:, 0::2], b_idx=cand[:, 1::2], r=r, need_metric=n - r > step.keep
         )
     return TokenState(x=x, size=size)
 
