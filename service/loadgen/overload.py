@@ -77,11 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="deit_tiny_patch16_224")
     p.add_argument("--api", choices=("v1", "v2"), default="v1")
     p.add_argument("--loads", default="0.5,1,1.5,2,2.5,3", help="offered loads in x dense capacity")
-    p.add_argument("--point-s", type=float, default=25.0, help="seconds of load per point")
-    p.add_argument("--budget-ms", type=float, default=500.0, help="latency budget of every request")
+    p.add_argument("--point-s", type=float, default=20.0, help="seconds of load per point")
+    p.add_argument("--budget-ms", type=float, default=1000.0, help="latency budget of every request")
     p.add_argument("--capacity-rps", type=float, help="skip the capacity measurement, use this")
-    p.add_argument("--capacity-s", type=float, default=20.0, help="closed-loop capacity run length")
-    p.add_argument("--concurrency", type=int, default=32, help="closed-loop clients for capacity")
+    p.add_argument("--capacity-s", type=float, default=12.0, help="length of each closed-loop capacity run")
+    p.add_argument("--concurrency", default="4,8,16", help="closed-loop client counts tried for capacity")
     p.add_argument("--policies", default="adaptive,fixed:dense,sparsest",
                    help='comma list; "sparsest" = fixed at the sparsest level the server offers')
     p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
@@ -97,9 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         loads = [float(x) for x in args.loads.split(",")]
+        concurrencies = [int(x) for x in args.concurrency.split(",")]
         extra = dict(kv.split("=", 1) for kv in args.setting)
     except ValueError:
-        print("overload: --loads is a comma list of numbers, --setting is KEY=VALUE", file=sys.stderr)
+        print("overload: --loads and --concurrency are comma lists of numbers, --setting is KEY=VALUE", file=sys.stderr)
         return 2
     settings = {"MODEL": args.model, **extra}
     folder = args.images or DEFAULT_IMAGE_DIR
@@ -114,10 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.capacity_rps:
             capacity = {"capacity_rps": args.capacity_rps, "measured": False}
         else:
-            capacity = measure_capacity(base_url=server.url, target=target, payloads=payloads,
-                                        concurrency=args.concurrency, duration_s=args.capacity_s,
-                                        dials=Dials(name="capacity", latency_budget_ms=60_000.0))
-            capacity["measured"] = True
+            # The best closed-loop throughput over a few client counts: on a CPU a large batch
+            # is not always the fastest per image, so one concurrency could understate it.
+            trials = [measure_capacity(base_url=server.url, target=target, payloads=payloads, concurrency=c,
+                                       duration_s=args.capacity_s,
+                                       dials=Dials(name="capacity", latency_budget_ms=60_000.0))
+                      for c in concurrencies]
+            capacity = {**max(trials, key=lambda t: t["capacity_rps"]), "measured": True,
+                        "trials": {t["concurrency"]: t["capacity_rps"] for t in trials}}
     cap_rps = capacity["capacity_rps"]
     print(f"dense capacity {cap_rps:.1f} req/s; sparsest policy {sparsest}", flush=True)
 
@@ -185,6 +190,11 @@ def _check(name: str, value: float, op: str, bound: float) -> dict:
     return {"target": f"{name} {op} {bound:g}", "value": value, "pass": bool(ok)}
 
 
+def _trials(capacity: dict) -> str:
+    trials = capacity.get("trials") or {}
+    return ", ".join(f"{c}: {rps:.1f}/s" for c, rps in trials.items()) or "given"
+
+
 def _num(x, fmt: str) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
@@ -198,12 +208,14 @@ def markdown(doc: dict, plot_path: Path, docs_path: Path | None) -> str:
         f"({cores()} cores), model `{doc['model']}`, API {doc['api']}, every request with "
         f"`latency_budget_ms={doc['budget_ms']:g}` and no density, {doc['point_s']:g} s of Poisson "
         f"arrivals per point, one fresh server per policy (settings {doc['settings']}). "
-        f"Dense capacity (closed loop, fixed:dense): **{cap:.1f} req/s**. Whole run {doc['wall_s'] / 60:.1f} min.",
+        f"Dense capacity (fixed:dense, best closed-loop throughput; clients: {_trials(doc['capacity'])}): "
+        f"**{cap:.1f} req/s**. Whole run {doc['wall_s'] / 60:.1f} min.",
         "",
         f"Command: `flock /tmp/sait-bench.lock {doc['command']}`",
         "",
-        "| policy | load | offered/s | goodput/s | attainment | shed | expired | p50 ms | p99 ms | levels served | top-1 (card) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| policy | load | offered/s | goodput/s | attainment | shed | expired | p50 ms | p99 ms | p99 in server ms "
+        "| client lag p99 ms | levels served | top-1 (card) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["rows"]:
         levels = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["level_fractions"].items()) or "-"
@@ -211,7 +223,8 @@ def markdown(doc: dict, plot_path: Path, docs_path: Path | None) -> str:
             f"| {r['policy']} | {r['load_x']:g}x | {r['offered_rps']:.1f} | {r['goodput_rps']:.1f} | "
             f"{_num(100 * r['attainment'] if r['attainment'] == r['attainment'] else math.nan, '.1f')}% | "
             f"{_num(100 * r['shed_fraction'], '.1f')}% | {r['expired']} | {_num(r['p50_ms'], '.0f')} | "
-            f"{_num(r['p99_ms'], '.0f')} | {levels} | {_num(r['served_top1'], '.3f')} |"
+            f"{_num(r['p99_ms'], '.0f')} | {_num(r.get('server_p99_ms'), '.0f')} | "
+            f"{_num(r.get('send_lag_p99_ms'), '.0f')} | {levels} | {_num(r['served_top1'], '.3f')} |"
         )
     lines += ["", "| target | measured | result |", "|---|---|---|"]
     for c in doc["targets"]:

@@ -82,6 +82,10 @@ def summarize(results: Sequence[Result], *, duration_s: float, offered_rps: floa
         "shed_fraction": counts["shed"] / sent if sent else math.nan,
         "error_fraction": (counts["error"] + counts["timeout"]) / sent if sent else math.nan,
         **latency_stats([r.latency_ms for r in ok]),
+        # Where the time went: the server's own total (handler entry to answer) and the rest
+        # (network, the server's accept/event-loop backlog before its handler, client lag).
+        **{f"server_{k}": v for k, v in latency_stats([r.server_total_ms for r in ok]).items()},
+        **{f"outside_{k}": v for k, v in latency_stats([r.latency_ms - r.server_total_ms for r in ok]).items()},
         "levels": dict(sorted(levels.items())),
         "level_fractions": {k: v / len(ok) for k, v in sorted(levels.items())} if ok else {},
         "send_lag_p99_ms": _pct(lags, 99),

@@ -26,7 +26,7 @@ from service.loadgen.payloads import DEFAULT_IMAGE_DIR, load_folder, synthetic
 from service.loadgen.report import latency_stats, time_series, write_json, write_run
 from service.loadgen.scenario import Dials, Scenario
 from service.loadgen.server import ServerProcess, rss_bytes
-from service.loadgen.session import LoadRun, execute_async
+from service.loadgen.session import LoadRun, execute_async, run_async
 
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         run = LoadRun(base_url=url, target=Target(api=args.api, model=args.model),
                       profile=RateProfile.constant(args.rate, args.duration_s), scenario=scenario,
                       payloads=payloads, process="poisson")
-        results, summary, samples = asyncio.run(soak_async(run, pid))
+        results, summary, samples = run_async(soak_async(run, pid))
     finally:
         if server is not None:
             server.stop()

@@ -37,7 +37,7 @@ def test_markdown_table_and_block_replacement(tmp_path):
     docs.parent.mkdir()
     docs.write_text(f"# title\n\n{BEGIN}\nold\n{END}\n\n## after\n")
     text = markdown(doc, tmp_path / "docs" / "sweep.png", docs)
-    assert "| adaptive | 1x | 10.0 | 10.0 | 100.0% |" in text and "Test CPU" in text
+    assert "| adaptive | 1x | 10.0 | 10.0 | 100.0% | 0.0% | 0 | 20 | 20 | n/a |" in text and "Test CPU" in text
     replace_block(docs, text, begin=BEGIN, end=END)
     out = docs.read_text()
     assert out.startswith("# title") and out.rstrip().endswith("## after")

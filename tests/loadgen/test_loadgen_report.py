@@ -68,3 +68,10 @@ def test_level_order_and_sweep_plot(tmp_path):
                                ("fixed", 2, 3, 0.2)]]
     plot_sweep(tmp_path / "s.png", rows, title="t")
     assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_time_inside_and_outside_the_server():
+    rs = [Result(index=i, cls="c", scheduled_s=0.0, budget_ms=100, outcome="ok", latency_ms=50.0,
+                 server_total_ms=20.0) for i in range(4)]
+    s = summarize(rs, duration_s=1.0)
+    assert s["server_p50_ms"] == 20.0 and s["outside_p99_ms"] == 30.0
