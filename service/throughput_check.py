@@ -6,11 +6,13 @@ the images/s of the runner alone (normalize -> model at the level -> softmax/top
 
 How it measures, per (level, batch size):
 - model-only: `runner.run(level, x)` back to back on one dedicated thread of this process
-  that also warmed the runner up (as the server's worker thread does), before and after the
-  server runs (the mean of the two brackets drift on a shared machine);
+  that also warmed the runner up (as the server's worker thread does);
 - server: `python -m service` in a subprocess with SAIT_MAX_BATCH_SIZE=b, the level pinned
   per request (density), and `--concurrency` keep-alive connections in this process that
-  each keep one request in flight, so the worker always has the next batch queued.
+  each keep one request in flight, so the worker always has the next batch queued;
+- the two alternate in short windows (model, server, model, server, ..., model) and each
+  server window is divided by the mean of the model-only windows on either side; the
+  median of those ratios is the result (the CPU a shared machine leaves drifts by minutes).
 The client runs on the same CPU as the server: its cost counts against the server.
 
     flock /tmp/sait-bench.lock python -m service.throughput_check --levels dense,l050 --batch-sizes 1,8
@@ -22,6 +24,7 @@ import http.client
 import json
 import os
 import platform
+import statistics
 import sys
 import threading
 import time
@@ -68,7 +71,7 @@ def infer_body(model: str, level: str, batch: int, input_size) -> tuple[bytes, d
 
 
 def server_images_per_s(port: int, model: str, level: str, batch: int, input_size, seconds: float,
-                        concurrency: int) -> tuple[float, int]:
+                        concurrency: int, warmup_s: float = 1.0) -> tuple[float, int]:
     """Images/s answered with 200 over `seconds`, after a short warm-up; and the error count."""
     body, headers = infer_body(model, level, batch, input_size)
     path = f"/v2/models/{model}/infer"
@@ -93,7 +96,7 @@ def server_images_per_s(port: int, model: str, level: str, batch: int, input_siz
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(concurrency)]
     for t in threads:
         t.start()
-    time.sleep(min(3.0, seconds / 3))  # warm-up: connections open, latency model settled
+    time.sleep(warmup_s)  # connections open, a batch in flight
     measuring.set()
     start = time.perf_counter()
     time.sleep(seconds)
@@ -110,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="deit_tiny_patch16_224")
     parser.add_argument("--levels", default="dense,l050", help="comma list of levels")
     parser.add_argument("--batch-sizes", default="1,8", help="comma list of batch sizes")
-    parser.add_argument("--seconds", type=float, default=10.0, help="measuring window per point")
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of one measuring window")
+    parser.add_argument("--rounds", type=int, default=5, help="server windows per point (each between two model-only windows)")
     parser.add_argument("--concurrency", type=int, default=2, help="requests kept in flight")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -137,26 +141,36 @@ def main(argv: list[str] | None = None) -> int:
     input_size = tuple(model.data_config.input_size)
     rows = []
     for batch in sizes:
-        before = {lv: model_only(lv, batch) for lv in levels}
         settings = {"MODEL": args.model, "DEVICE": "cpu", "MAX_BATCH_SIZE": batch, "MAX_QUEUE_DELAY_MS": 1,
                     "LEVELS": ",".join(levels), "QUEUE_LIMIT": 4096, "LOG_LEVEL": "warning"}
         with ServerProcess(settings=settings) as server:
-            served = {lv: server_images_per_s(server.port, args.model, lv, batch, input_size, args.seconds,
-                                              args.concurrency) for lv in levels}
-        after = {lv: model_only(lv, batch) for lv in levels}
-        for lv in levels:
-            model_ips = (before[lv] + after[lv]) / 2
-            server_ips, errors = served[lv]
-            rows.append({"level": lv, "batch_size": batch, "model_images_per_s": round(model_ips, 2),
-                         "model_before": round(before[lv], 2), "model_after": round(after[lv], 2),
-                         "server_images_per_s": round(server_ips, 2), "errors": errors,
-                         "ratio": round(server_ips / model_ips, 3), "meets_target": server_ips >= TARGET_RATIO * model_ips})
+            for lv in levels:
+                # Alternate short windows, model-only (server idle) and server (baseline idle),
+                # and compare each server window with the model-only windows on either side:
+                # on a shared machine the available CPU drifts more between minutes than within.
+                model_ips = [model_only(lv, batch)]
+                server_ips, errors = [], 0
+                for _ in range(args.rounds):
+                    ips, err = server_images_per_s(server.port, args.model, lv, batch, input_size, args.seconds,
+                                                   args.concurrency)
+                    server_ips.append(ips)
+                    errors += err
+                    model_ips.append(model_only(lv, batch))
+                ratios = [s_ / ((a + b) / 2) for s_, a, b in zip(server_ips, model_ips, model_ips[1:])]
+                ratio = statistics.median(ratios)
+                rows.append({"level": lv, "batch_size": batch,
+                             "model_images_per_s": round(statistics.median(model_ips), 2),
+                             "server_images_per_s": round(statistics.median(server_ips), 2),
+                             "model_windows": [round(x, 2) for x in model_ips],
+                             "server_windows": [round(x, 2) for x in server_ips],
+                             "window_ratios": [round(x, 3) for x in ratios], "errors": errors,
+                             "ratio": round(ratio, 3), "meets_target": ratio >= TARGET_RATIO})
     env = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
            "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg(), "concurrency": args.concurrency,
-           "seconds": args.seconds, "model": args.model}
+           "seconds": args.seconds, "rounds": args.rounds, "model": args.model}
     print(f"# server vs model-only throughput ({env['cpu']}, {env['cores']} cores, torch {env['torch']}, "
           f"load avg {env['load_average'][0]:.1f})")
-    print("| level | batch | model-only img/s | server img/s | ratio | >= 85 % |")
+    print("| level | batch | model-only img/s (median) | server img/s (median) | server/model (median of windows) | >= 85 % |")
     print("|---|---:|---:|---:|---:|---|")
     for r in rows:
         print(f"| {r['level']} | {r['batch_size']} | {r['model_images_per_s']:.1f} | {r['server_images_per_s']:.1f} | "
