@@ -18,7 +18,7 @@ from service.loadgen.arrivals import PROCESSES, ProfileError, RateProfile
 from service.loadgen.client import APIS, Target
 from service.loadgen.driver import TargetError, check_target
 from service.loadgen.payloads import DEFAULT_IMAGE_DIR, PAYLOAD_KINDS, PayloadError, load_folder, synthetic
-from service.loadgen.report import format_summary, write_run
+from service.loadgen.report import format_summary, plot_sweep, segment_summaries, write_json, write_run
 from service.loadgen.scenario import DEFAULT_BUDGET_MS, Dials, Scenario, ScenarioError, load_scenario
 from service.loadgen.session import LoadRun, execute
 
@@ -127,6 +127,19 @@ def main(argv: list[str] | None = None) -> int:
                          "process": run.process, "scenario": run.scenario.name, "seed": run.seed}
     paths = write_run(args.out, results, summary, window_s=window_s, plot=not args.no_plot,
                       title=f"{run.target.api} {run.scenario.name} {summary['config']['profile']}")
+    if len(run.profile.segments) > 1:
+        # A stepped or ramped profile: goodput and attainment against each segment's load.
+        bounds, t = [], 0.0
+        for seg in run.profile.segments:
+            bounds.append((t, t + seg.duration_s))
+            t += seg.duration_s
+        segments = segment_summaries(results, bounds)
+        write_json(args.out / "segments.json", {"segments": segments})
+        paths["segments"] = args.out / "segments.json"
+        if not args.no_plot:
+            paths["load_plot"] = args.out / "load.png"
+            plot_sweep(paths["load_plot"], [{"policy": "this run", **seg} for seg in segments],
+                       title="goodput and attainment per profile segment")
     print(format_summary(summary))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -94,6 +94,15 @@ def summarize(results: Sequence[Result], *, duration_s: float, offered_rps: floa
     }
 
 
+def segment_summaries(results: Sequence[Result], bounds_s: Sequence[tuple[float, float]]) -> list[dict]:
+    """One summary per stretch of the schedule (e.g. per step of a step profile)."""
+    rows = []
+    for start, end in bounds_s:
+        mine = [r for r in results if start <= r.scheduled_s < end]
+        rows.append({"start_s": start, "end_s": end, **summarize(mine, duration_s=end - start)})
+    return rows
+
+
 def time_series(results: Sequence[Result], *, window_s: float) -> list[dict]:
     """Per-window numbers, binned by scheduled send time."""
     if window_s <= 0:

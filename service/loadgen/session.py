@@ -63,8 +63,9 @@ async def execute_async(run: LoadRun) -> tuple[list[Result], dict]:
             )
         finally:
             bar.close()
-    offered = run.profile.expected_count / run.profile.duration_s
-    return results, summarize(results, duration_s=run.profile.duration_s, offered_rps=offered)
+    summary = summarize(results, duration_s=run.profile.duration_s)
+    summary["nominal_rps"] = run.profile.expected_count / run.profile.duration_s
+    return results, summary
 
 
 def run_async(coro):

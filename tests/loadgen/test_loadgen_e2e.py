@@ -26,7 +26,7 @@ def test_short_open_loop_run(server, api, payload, tmp_path):
 
     out = tmp_path / api
     code = main(["--url", server.url, "--api", api, "--payload", payload, "--model", "vit_tiny_test",
-                 "--rate", "20", "--duration-s", "2", "--process", "constant", "--synthetic",
+                 "--profile", "10@1,30@1", "--process", "constant", "--synthetic",
                  "--budget-ms", "2000", "--quiet", "--out", str(out)])
     assert code == 0, server.log_tail()
     summary = json.loads((out / "summary.json").read_text())
@@ -37,6 +37,9 @@ def test_short_open_loop_run(server, api, payload, tmp_path):
     assert summary["p50_ms"] > 0 and summary["attainment"] == 1.0
     assert (out / "latency.png").stat().st_size > 1000
     assert len((out / "results.csv").read_text().splitlines()) == 41
+    steps = json.loads((out / "segments.json").read_text())["segments"]
+    assert [seg["requests"] for seg in steps] == [10, 30]
+    assert (out / "load.png").stat().st_size > 1000
 
 
 def test_density_dial_reaches_the_server(server, tmp_path):

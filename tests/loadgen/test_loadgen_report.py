@@ -5,7 +5,7 @@ import json
 import math
 
 from service.loadgen.client import Result
-from service.loadgen.report import level_order, plot_sweep, summarize, time_series, write_run
+from service.loadgen.report import level_order, plot_sweep, segment_summaries, summarize, time_series, write_run
 
 
 def make(i, outcome, latency_ms=math.nan, level="", budget_ms=100.0, cls="c"):
@@ -75,3 +75,9 @@ def test_time_inside_and_outside_the_server():
                  server_total_ms=20.0) for i in range(4)]
     s = summarize(rs, duration_s=1.0)
     assert s["server_p50_ms"] == 20.0 and s["outside_p99_ms"] == 30.0
+
+
+def test_segment_summaries_split_by_schedule():
+    segs = segment_summaries(RESULTS, [(0.0, 0.5), (0.5, 1.5)])
+    assert [s["requests"] for s in segs] == [5, 10]
+    assert segs[0]["offered_rps"] == 10.0 and segs[1]["start_s"] == 0.5
