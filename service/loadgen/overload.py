@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     #    fixed:dense is one of the policies, its sweep on the same server (one start-up less).
     requested = args.policies.split(",")
     rows: list[dict] = []
-    with ServerProcess(settings={**settings, "POLICY": "fixed:dense"}) as server:
+    with ServerProcess(settings={**settings, "POLICY": "fixed:dense"}, log_path=_log(args.out, "fixed:dense")) as server:
         sparsest = sparsest_policy(server.url, args.model)
         if args.capacity_rps:
             capacity = {"capacity_rps": args.capacity_rps, "measured": False}
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     # 2. Every other policy on a fresh server of its own.
     for policy in policies:
         if policy != "fixed:dense":
-            with ServerProcess(settings={**settings, "POLICY": policy}) as server:
+            with ServerProcess(settings={**settings, "POLICY": policy}, log_path=_log(args.out, policy)) as server:
                 rows += sweep(server, policy)
     bar.close()
     order = {p: i for i, p in enumerate(policies)}
@@ -178,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         replace_block(args.docs, table, begin=BEGIN, end=END)
     print(table)
     return 0
+
+
+def _log(out: Path, policy: str) -> Path:
+    """Each server's log beside the results (its latency profile explains the level choices)."""
+    return out / f"server-{policy.replace(':', '_')}.log"
 
 
 def check_targets(rows: list[dict], policies: list[str]) -> list[dict]:
