@@ -47,7 +47,8 @@ def test_pick_evenly_spreads_over_the_sorted_list():
 @pytest.fixture(scope="module")
 def model_result():
     cfg = ModelBenchConfig(model="vit_tiny_test", device="cpu", precision="fp32", batch_sizes=(1, 2),
-                           levels=("dense", "l050"), min_time_s=0.0, min_calls=1, max_calls=1, matmul_n=64)
+                           levels=("dense", "l050"), min_time_s=0.0, min_calls=1, max_calls=1, matmul_n=64,
+                           rounds=2)
     return run_model_bench(cfg)
 
 
@@ -58,6 +59,7 @@ def test_model_bench_measures_every_cell_and_utilization(model_result):
         ("eager", lv, b) for lv in ("dense", "l050") for b in (1, 2)}
     assert {(t["mode"], t["level"]) for t in r["latency"]} == {("eager", "dense"), ("eager", "l050")}
     assert r["cuda_graphs"] is None and any("CUDA graphs skipped" in n for n in r["notes"])
+    assert all(t["calls"] == 2 for t in r["throughput"])  # one call per cell in each of 2 passes
     peak = r["matmul_peak_tflops"]["bf16"]
     for t in r["throughput"]:
         assert t["images_per_s"] > 0
