@@ -139,3 +139,11 @@ def test_losses_and_schedule():
     levels = ["dense", "l090", "l080", "l070", "l060", "l050"]
     got = sample_levels(levels, k=2, rng=random.Random(0))
     assert got[0] == "dense" and got[-1] == "l050" and len(set(got)) == 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_two_steps_on_cuda_in_bf16(pool, tmp_path):
+    summary = train(_cfg(pool, tmp_path / "gpu", device="cuda", max_steps=2))
+    assert summary["finished"] and np.isfinite(summary["last"]["loss"])
+    assert summary["last"]["kd"]["dense"] < 0.05  # bf16 student still close to its fp32 teacher
