@@ -103,10 +103,10 @@ async def run_open_loop(
         raise ValueError("need at least one payload")
     results = [Result(index=i, cls=d.name, scheduled_s=float(t), budget_ms=scenario.budget_ms(d))
                for i, (t, d) in enumerate(zip(arrivals_s, dials))]
-    inflight: set[asyncio.Task] = set()
+    inflight: dict[asyncio.Task, Result] = {}
 
     def finished(task: asyncio.Task) -> None:
-        inflight.discard(task)
+        inflight.pop(task, None)
         if on_done is not None and not task.cancelled():
             on_done(task.result())
 
@@ -122,13 +122,15 @@ async def run_open_loop(
             continue
         payload = payloads[result.index % len(payloads)]
         task = asyncio.create_task(send(client, target, d, payload, result, start_s=start_s))
-        inflight.add(task)
+        inflight[task] = result
         task.add_done_callback(finished)
     if inflight:
         # Each request has its own client timeout; this outer bound only guards against a hang.
-        _, pending = await asyncio.wait(set(inflight), timeout=timeout_s + 5.0)
+        waiting = dict(inflight)
+        _, pending = await asyncio.wait(set(waiting), timeout=timeout_s + 5.0)
         for task in pending:
             task.cancel()
+            waiting[task].outcome, waiting[task].error = "timeout", "still pending at the end of the run"
     return results
 
 
