@@ -66,13 +66,26 @@ def test_graph_equals_eager_for_every_level_and_bucket(runners, bucket):
 @pytest.mark.parametrize("n", [3, 5, 7])
 def test_padded_batch_equals_unpadded(runners, n):
     graphs, eager, precision = runners
-    # Fill the bucket with other images first, so the padding rows hold stale data.
-    graphs.run("dense", _images(MAX_BATCH, seed=99))
+    bucket = graphs.plan.select("dense", n).batch
     x = _images(n, seed=n)
+    full = torch.cat([x, _images(bucket - n, seed=99)])
     for level in graphs.levels:
+        # Fill the bucket first: the padding rows of the next replay then hold these stale rows.
+        whole = graphs.run(level, full)
         padded = graphs.run(level, x)
         assert padded.probs.shape[0] == n
-        _assert_same(padded, eager.run(level, x), precision)
+        assert torch.equal(padded.probs, whole.probs[:n]) and torch.equal(padded.topk_indices, whole.topk_indices[:n])
+        # What the graph computed is what eager computes on the same padded batch...
+        _assert_same(padded, _rows(eager.run(level, full), n), precision)
+        # ...and, up to kernel choice for another batch size, what eager computes unpadded.
+        # bf16 is left out: a different GEMM tiling rounds scores differently, and a merge
+        # decision between bf16-tied tokens may then differ (docs/precision.md).
+        if precision == "fp32":
+            _assert_same(padded, eager.run(level, x), "fp32")
+
+
+def _rows(out, n: int):
+    return type(out)(probs=out.probs[:n], topk_values=out.topk_values[:n], topk_indices=out.topk_indices[:n])
 
 
 def test_eager_fallback_above_largest_bucket():
