@@ -74,7 +74,9 @@ def test_padded_batch_equals_unpadded(runners, n):
         whole = graphs.run(level, full)
         padded = graphs.run(level, x)
         assert padded.probs.shape[0] == n
-        assert torch.equal(padded.probs, whole.probs[:n]) and torch.equal(padded.topk_indices, whole.topk_indices[:n])
+        # Same graph, same input rows; scatter-add (token merging) uses atomics on CUDA, so
+        # equal up to summation order rather than bit for bit.
+        _assert_same(padded, _rows(whole, n), precision)
         # What the graph computed is what eager computes on the same padded batch...
         _assert_same(padded, _rows(eager.run(level, full), n), precision)
         # ...and, up to kernel choice for another batch size, what eager computes unpadded.
