@@ -135,12 +135,14 @@ class Runner:
         max_batch_size: the largest batch the service forms (warm-up and graph buckets use it).
         top_k: classes returned per image.
         fp32_head: under bf16/fp16, run the classifier head in fp32 (default; cheap, more faithful).
+        levels: the levels served (SAIT_LEVELS); None = all of the model's. Only these are
+            warmed up and captured.
     """
 
     uses_cuda_graphs = False
 
     def __init__(self, model: nn.Module, *, device: str = "auto", precision: str = "auto", max_batch_size: int = 32,
-                 top_k: int = 5, fp32_head: bool = True):
+                 top_k: int = 5, fp32_head: bool = True, levels: tuple[str, ...] | None = None):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if top_k < 1:
@@ -150,7 +152,11 @@ class Runner:
         self.max_batch_size = max_batch_size
         self.top_k = top_k
         self.model = model.eval().to(self.device)
-        self.levels: tuple[str, ...] = tuple(getattr(model, "levels", {"dense": None}))
+        known = tuple(getattr(model, "levels", {DENSE: None}))
+        unknown = [name for name in (levels or ()) if name not in known]
+        if unknown:
+            raise ValueError(f"unknown level(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        self.levels: tuple[str, ...] = tuple(levels) if levels else known
         self.input_size: tuple[int, int, int] = tuple(model.data_config.input_size)
         self.step = InferenceStep(
             self.model, data_config=model.data_config, device=self.device, precision=self.precision, top_k=top_k,
@@ -229,6 +235,7 @@ def create_runner(
     max_batch_size: int = 32,
     top_k: int = 5,
     fp32_head: bool = True,
+    levels: tuple[str, ...] | None = None,
 ) -> Runner:
     """The runner the settings ask for: CUDA graphs on CUDA when enabled, else eager.
 
@@ -240,9 +247,11 @@ def create_runner(
         max_batch_size: largest batch (SAIT_MAX_BATCH_SIZE); graph buckets go up to it.
         top_k: classes returned per image.
         fp32_head: under bf16/fp16, keep the classifier head in fp32 (ablation switch).
+        levels: the served levels (SAIT_LEVELS; None = all): only these are captured.
     """
     dev = resolve_device(device)
-    kwargs = dict(device=str(dev), precision=precision, max_batch_size=max_batch_size, top_k=top_k, fp32_head=fp32_head)
+    kwargs = dict(device=str(dev), precision=precision, max_batch_size=max_batch_size, top_k=top_k, fp32_head=fp32_head,
+                  levels=levels)
     if cuda_graphs and dev.type == "cuda":
         from service.cuda_graphs import CudaGraphRunner
 

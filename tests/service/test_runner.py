@@ -99,3 +99,14 @@ def test_reduced_precision_runs_the_head_in_fp32(model, level):
     finally:
         handle.remove()
     assert seen == [torch.bfloat16]
+
+
+def test_runner_serves_only_the_levels_it_is_given(model):
+    r = create_runner(model, device="cpu", precision="fp32", cuda_graphs=True, max_batch_size=1, top_k=1,
+                      levels=("dense", "l050"))
+    assert r.levels == ("dense", "l050")
+    with pytest.raises(KeyError, match="known: dense, l050"):
+        r.run("l070", _images(1))
+    with pytest.raises(ValueError, match="unknown level"):
+        create_runner(model, device="cpu", precision="fp32", cuda_graphs=False, max_batch_size=1, top_k=1,
+                      levels=("dense", "l999"))
