@@ -69,8 +69,11 @@ def _check_keep(step: ReductionStep, n: int, lowest: int) -> None:
 
 
 # -- prune (EViT / SaiT) ---------------------------------------------------------------------
-def prune(step: ReductionStep, state: TokenState, *, cls_attn: torch.Tensor, keys: torch.Tensor, **_) -> TokenState:
+def prune(step: ReductionStep, state: TokenState, *, cls_attn: torch.Tensor | None, keys: torch.Tensor | None, num_blocks: int = 12, **_) -> TokenState:
     """Keep the class token and the patches the class token attends to most.
+
+    After the last block's attention only the class token feeds the head, so there a prune
+    is exact whichever patches it keeps: it takes a static slice and needs no scores.
 
     With `step.fuse` (EViT's "inattentive token fusion") the last of the `keep` slots holds the
     pruned patches averaged with their class attention as weights, so their information is
@@ -80,6 +83,8 @@ def prune(step: ReductionStep, state: TokenState, *, cls_attn: torch.Tensor, key
     x = state.x
     n = x.shape[1]
     _check_keep(step, n, 3 if step.fuse else 2)
+    if _is_final_trim(step, num_blocks):
+        return TokenState(x=x[:, : step.keep], size=None if state.size is None else state.size[:, : step.keep])
     scores = cls_attn[:, 1:]  # patches only
     kept_patches = step.keep - 1 - int(step.fuse)
     if not step.fuse:
@@ -246,6 +251,17 @@ def pitome(step: ReductionStep, state: TokenState, *, cls_attn: torch.Tensor, ke
 
 
 REDUCERS = {"prune": prune, "squeeze": squeeze, "merge": merge, "pitome": pitome}
+
+
+def _is_final_trim(step: ReductionStep, num_blocks: int) -> bool:
+    return step.reducer == "prune" and not step.fuse and step.block == num_blocks - 1
+
+
+def scores_needed(step: ReductionStep | None, num_blocks: int) -> tuple[bool, bool]:
+    """(class-token attention row, keys): what `step` reads, so the block computes no more."""
+    if step is None or _is_final_trim(step, num_blocks):
+        return False, False
+    return step.reducer in ("prune", "squeeze"), step.reducer in ("squeeze", "merge", "pitome")
 
 
 def reduce_tokens(

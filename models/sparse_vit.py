@@ -18,7 +18,7 @@ from torch import nn
 
 from models.levels import DENSE, Level, ReductionStep, VitShape, model_gflops
 from models.preprocess import DataConfig
-from models.reducers import REDUCERS, TokenState, reduce_tokens
+from models.reducers import REDUCERS, TokenState, reduce_tokens, scores_needed
 
 
 class SparseViT(nn.Module):
@@ -98,7 +98,10 @@ class SparseViT(nn.Module):
         return self.timm_model.forward_head(x)
 
     def _block(self, blk: nn.Module, state: TokenState, step: ReductionStep | None) -> TokenState:
-        attn_out, cls_attn, keys = self._attention(blk.attn, blk.norm1(state.x), state.size, need_scores=step is not None)
+        need_cls_attn, need_keys = scores_needed(step, self.shape.depth)
+        attn_out, cls_attn, keys = self._attention(
+            blk.attn, blk.norm1(state.x), state.size, need_cls_attn=need_cls_attn, need_keys=need_keys
+        )
         x = state.x + blk.drop_path1(blk.ls1(attn_out))
         state = TokenState(x=x, size=state.size)
         if step is not None:
@@ -107,7 +110,7 @@ class SparseViT(nn.Module):
         return TokenState(x=x, size=state.size)
 
     @staticmethod
-    def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None, *, need_scores: bool):
+    def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None, *, need_cls_attn: bool, need_keys: bool):
         """timm Attention, plus (when asked) the class-token attention row and the keys."""
         b, n, _ = x.shape
         qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
@@ -117,11 +120,12 @@ class SparseViT(nn.Module):
         bias = None if size is None else size.log().view(b, 1, 1, n).to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         cls_attn = keys = None
-        if need_scores:
+        if need_cls_attn:
             logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)  # [b, heads, 1, n]
             if bias is not None:
                 logits = logits + bias
             cls_attn = logits.softmax(dim=-1).mean(dim=1)[:, 0]  # [b, n], mean over heads
+        if need_keys:
             keys = k.transpose(1, 2).reshape(b, n, -1)  # [b, n, heads*head_dim]
         out = out.transpose(1, 2).reshape(b, n, -1)
         out = attn.norm(out)

@@ -119,9 +119,9 @@ def test_sparse_levels_run_the_advertised_token_counts(all_reducers_model, image
     seen: list[int] = []
     original = SparseViT._attention
 
-    def spy(attn, x, size, *, need_scores):
+    def spy(attn, x, size, **needs):
         seen.append(x.shape[1])
-        return original(attn, x, size, need_scores=need_scores)
+        return original(attn, x, size, **needs)
 
     with torch.inference_mode():
         for name, lv in all_reducers_model.levels.items():
@@ -145,3 +145,12 @@ def test_load_model_is_deterministic():
     a, b = load_model("vit_tiny_test"), load_model("vit_tiny_test")
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
+
+
+def test_last_block_trim_is_exact(tiny_model, images):
+    """After the last attention only the class token reaches the head: trimming changes nothing."""
+    last = tiny_model.shape.depth - 1
+    m = SparseViT(tiny_model.timm_model, schedules={"trim": (ReductionStep(last, "prune", 2),)})
+    with torch.inference_mode():
+        diff = (m(images, level="trim") - tiny_model.timm_model(images)).abs().max().item()
+    assert diff <= 1e-5
