@@ -228,3 +228,12 @@ def test_cli_without_any_weights_says_how_to_provide_them(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "HF_HOME" in lines[0] and "--weights" in lines[0]
+
+
+def test_throughput_check_sends_what_the_server_parses():
+    from service.throughput_check import infer_body
+
+    body, headers = infer_body("m", "l050", 3, SIZE)
+    req = parse_infer_request(body, headers[HEADER_LENGTH], input_size=SIZE, max_batch_size=8)
+    assert req.pixels.shape == (3, *SIZE) and req.parameters["density"] == "l050"
+    assert req.outputs == [RequestedOutput("probabilities", binary=True)]
