@@ -160,30 +160,25 @@ def format_table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: str | Path, *, title: str) -> None:
-    """Top-1 and agreement against GFLOPs, one series per reducer (dense joins every series)."""
+    """Top-1 and agreement against GFLOPs: the levels as one curve, marked per reducer."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dense = [r for r in rows if r["name"] == DENSE]
-    by_reducer: dict[str, list[dict]] = {}
-    for r in rows:
-        if r["name"] != DENSE:
-            by_reducer.setdefault(r["reducer"], []).append(r)
+    rows = sorted(rows, key=lambda r: r["gflops"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in ((axes[0], "top1", "top-1 (%)"), (axes[1], "agreement", "top-1 agreement with dense")):
-        for reducer, pts in sorted(by_reducer.items()):
-            pts = sorted(dense + pts, key=lambda r: r["gflops"])
-            ax.plot([p["gflops"] for p in pts], [p[key] for p in pts], "o-", label=reducer)
-            for p in pts:
-                ax.annotate(p["name"], (p["gflops"], p[key]), fontsize=7, textcoords="offset points", xytext=(3, 3))
-        if not by_reducer and dense:
-            ax.plot([dense[0]["gflops"]], [dense[0][key]], "o", label="dense")
+        ax.plot([r["gflops"] for r in rows], [r[key] for r in rows], "-", color="0.7", zorder=1)
+        for reducer in dict.fromkeys(r["reducer"] for r in rows):
+            pts = [r for r in rows if r["reducer"] == reducer]
+            ax.scatter([p["gflops"] for p in pts], [p[key] for p in pts], label=reducer, zorder=2)
+        for p in rows:
+            ax.annotate(p["name"], (p["gflops"], p[key]), fontsize=7, textcoords="offset points", xytext=(3, 3))
         ax.set_xlabel("GFLOPs per image")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, title="reducer", title_fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -162,13 +162,57 @@ def predictions(model: SparseViT, x: torch.Tensor, level: str, batch_size: int =
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.schedule_search", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="deit_tiny_patch16_224")
-    p.add_argument("--set", action="append", required=True, help="image folder with labels.csv (repeatable)")
+    p.add_argument("--set", action="append", default=[], help="image folder with labels.csv (repeatable)")
     p.add_argument("--subset", type=int, default=600, help="random images to search on (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, help="decoded crops cache (.pt), outside the repository")
     p.add_argument("--out", type=Path, required=True, help="JSON lines, one per job (appended)")
-    p.add_argument("jobs", nargs="+", help="<schedule>@<target>, e.g. merge:2+fp@0.6")
+    p.add_argument("--plot", type=Path, help="plot every row of --out: agreement against GFLOPs, per family")
+    p.add_argument("jobs", nargs="*", help="<schedule>@<target>, e.g. merge:2+fp@0.6")
     args = p.parse_args(argv)
+    if args.jobs and not (args.set or (args.cache and args.cache.is_file())):
+        p.error("jobs need --set (or a filled --cache)")
+    if args.jobs:
+        run_jobs(args)
+    if args.plot:
+        plot_search([json.loads(line) for line in args.out.read_text().splitlines() if line.strip()], args.plot)
+    return 0
+
+
+def family(kind: str) -> str:
+    """Plot group of a schedule name: its reducer family."""
+    base = kind.split("/")[-1].replace("+fp", "")
+    head = base.split(":")[0]
+    if head in ("hyb", "hybg"):
+        return f"{base.split(':')[1].replace('prunef', 'prune')} then {base.split(':')[4]}"
+    return {"mergedec": "merge", "mergegeo": "merge", "pitomedec": "pitome", "evitf": "prune", "evit": "prune",
+            "tps": "squeeze", "naive": "prune (naive)"}.get(head, head) + (" (no prop. attn)" if kind.startswith("np/") else "")
+
+
+def plot_search(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(family(r["kind"]), []).append(r)
+    markers = "osD^v<>phX*"
+    for i, (name, pts) in enumerate(sorted(groups.items())):
+        ax.scatter([p["ratio"] for p in pts], [p["agree"] for p in pts], label=name, marker=markers[i % len(markers)], alpha=0.8)
+    ax.set_xlabel("GFLOPs / dense GFLOPs")
+    ax.set_ylabel("top-1 agreement with dense")
+    ax.set_title(f"Schedules tried ({rows[0]['subset']} images, DeiT-Tiny, no training)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def run_jobs(args: argparse.Namespace) -> None:
     model = load_model(args.model)
     x, y = load_crops(args.set, model, args.cache)
     if args.subset:
@@ -201,7 +245,6 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
-    return 0
 
 
 if __name__ == "__main__":
