@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
+from tqdm import tqdm
 
 from models.weights import TINY_TEST_MODEL, create_timm_model
 from service.bench.environment import describe
@@ -138,16 +139,15 @@ def run_e2e_bench(cfg: E2EBenchConfig) -> dict:
         if not cfg.pretrained and cfg.model != TINY_TEST_MODEL:
             settings["WEIGHTS"] = str(random_weights_file(cfg.model, Path(tmp)))
         with ServerProcess(settings=settings, ready_timeout_s=900) as server:
-            for level in cfg.levels:
-                for kind in cfg.inputs:
-                    dials = Dials(name=level, density=level, latency_budget_ms=budget_ms)
-                    target = Target(api="v2", kind=kind, model=cfg.model)
-                    run = lambda s: asyncio.run(closed_loop(server.url, target, dials, kind_payloads[kind],  # noqa: E731
-                                                            concurrency=cfg.concurrency, duration_s=s, budget_ms=budget_ms))
-                    run(cfg.warmup_s)
-                    results, elapsed = run(cfg.duration_s)
-                    rows.append({"level": level, "input": kind, "concurrency": cfg.concurrency,
-                                 "duration_s": elapsed, **summarize(results, elapsed)})
+            for level, kind in tqdm([(lv, k) for lv in cfg.levels for k in cfg.inputs], desc="e2e", unit="run"):
+                dials = Dials(name=level, density=level, latency_budget_ms=budget_ms)
+                target = Target(api="v2", kind=kind, model=cfg.model)
+                run = lambda s: asyncio.run(closed_loop(server.url, target, dials, kind_payloads[kind],  # noqa: E731
+                                                        concurrency=cfg.concurrency, duration_s=s, budget_ms=budget_ms))
+                run(cfg.warmup_s)
+                results, elapsed = run(cfg.duration_s)
+                rows.append({"level": level, "input": kind, "concurrency": cfg.concurrency,
+                             "duration_s": elapsed, **summarize(results, elapsed)})
             server_log = server.log_tail(800)
     return {
         "suite": "e2e",
