@@ -110,8 +110,20 @@ class SparseViT(nn.Module):
         return TokenState(x=x, size=state.size)
 
     @staticmethod
-    def _attention(attn: nn.Module, x: torch.Tensor, size: torch.Tensor | None, *, need_cls_attn: bool, need_keys: bool):
-        """timm Attention, plus (when asked) the class-token attention row and the keys."""
+    def _attention(
+        attn: nn.Module,
+        x: torch.Tensor,
+        size: torch.Tensor | None,
+        *,
+        need_scores: bool = False,
+        need_cls_attn: bool = False,
+        need_keys: bool = False,
+    ):
+        """timm Attention, plus (when asked) the class-token attention row and the keys.
+
+        `need_scores` asks for both (models.adaptive and models.train call it that way).
+        """
+        need_cls_attn, need_keys = need_cls_attn or need_scores, need_keys or need_scores
         b, n, _ = x.shape
         qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
