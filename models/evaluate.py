@@ -17,7 +17,7 @@ import platform
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -43,7 +43,6 @@ class LevelTally:
     top5: int = 0
     agree: int = 0
     seconds: float = 0.0
-    preds: list[torch.Tensor] = field(default_factory=list)
 
 
 def parse_levels(spec: str, model: SparseViT) -> list[str]:
