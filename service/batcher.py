@@ -2,7 +2,8 @@
 
 The event loop `put`s admitted images; the worker thread takes batches with `next_batch`.
 A batch is formed at the level whose queue holds the earliest deadline, from that queue's
-earliest deadlines, up to the max batch size. A batch that is not full may wait for more
+earliest deadlines, up to the max batch size, and no larger than lets its predicted compute
+end before the deadlines it delays (late arrivals must not slow an admitted request down). A batch that is not full may wait for more
 images, but at most the max queue delay after its oldest image arrived, and never past the
 latest moment its most urgent image can still start (deadline - predicted compute). Images
 whose deadline has passed are handed back as `expired` (answered 504) and never computed.
@@ -130,7 +131,7 @@ class Batcher:
                 queue = self._queues[level]
                 fill_until = self._fill_until(level, queue)
                 if len(queue) >= self.max_batch_size or now >= fill_until or self._closed:
-                    return Batch(level=level, items=self._take(queue), expired=[])
+                    return Batch(level=level, items=self._take(level, queue, now), expired=[])
                 wait = fill_until - now
                 if give_up is not None:
                     wait = min(wait, max(give_up - now, 0.0))
@@ -162,5 +163,20 @@ class Batcher:
             until = min(until, head.deadline_s - self.latency.predict_ms(level, n) / 1e3)
         return until
 
-    def _take(self, queue: list) -> list[WorkItem]:
-        return [heapq.heappop(queue)[1] for _ in range(min(len(queue), self.max_batch_size))]
+    def _take(self, level: str, queue: list, now: float) -> list[WorkItem]:
+        """The most urgent images of `level`, as many as fit before the deadlines they delay.
+
+        Images that arrived after a request was admitted must not make its batch (or the
+        batch it waits behind) slower than the controller predicted: the batch shrinks until
+        its predicted compute ends before its most urgent deadline and leaves the most
+        urgent image of every other queue time for a batch of its own.
+        """
+        n = min(len(queue), self.max_batch_size)
+        if self.latency is not None and n > 1:
+            bound = queue[0][1].deadline_s
+            for other, q in self._queues.items():
+                if other != level and q:
+                    bound = min(bound, q[0][1].deadline_s - self.latency.predict_ms(other, 1) / 1e3)
+            while n > 1 and now + self.latency.predict_ms(level, n) / 1e3 > bound:
+                n -= 1
+        return [heapq.heappop(queue)[1] for _ in range(n)]

@@ -2,9 +2,10 @@
 
 The profile measures each level at power-of-two batch sizes (and the max) before readiness;
 other sizes are interpolated linearly (past the last point, extrapolated per image). Online,
-every measured batch nudges a per-level scale by an exponentially weighted moving average of
-measured / profiled time, so a machine that became slower (a neighbour on the CPU, thermal
-limits) moves every batch size of that level at once, not only the sizes seen lately.
+every measured batch nudges one scale by an exponentially weighted moving average of
+measured / profiled time. The scale is shared by all levels: what makes a machine slower
+than at start-up (a neighbour on the CPU, a load generator, thermal limits) slows every
+level and batch size alike, and a level that ran rarely must not keep a stale estimate.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ class LatencyModel:
         self.max_batch_size = max_batch_size
         self.alpha = alpha
         self._base = {level: _interpolate(points, max_batch_size) for level, points in profile_ms.items()}
-        self._scale = {level: 1.0 for level in profile_ms}
+        self._scale = 1.0
         self._lock = threading.Lock()
 
     @property
@@ -60,19 +61,19 @@ class LatencyModel:
         full, rest = divmod(batch_size, self.max_batch_size)
         base = self._base[level]
         ms = full * base[self.max_batch_size - 1] + (base[rest - 1] if rest else 0.0)
-        return ms * self._scale[level]
+        return ms * self._scale
 
     def observe(self, level: str, batch_size: int, measured_ms: float) -> None:
-        """Fold one measured batch into the level's scale (called by the worker thread)."""
+        """Fold one measured batch into the shared scale (called by the worker thread)."""
         base = self._base[level][min(batch_size, self.max_batch_size) - 1]
         if base <= 0 or measured_ms <= 0:
             return
         ratio = min(max(measured_ms / base, _RATIO_CLAMP[0]), _RATIO_CLAMP[1])
         with self._lock:
-            self._scale[level] = (1 - self.alpha) * self._scale[level] + self.alpha * ratio
+            self._scale = (1 - self.alpha) * self._scale + self.alpha * ratio
 
-    def scale(self, level: str) -> float:
-        return self._scale[level]
+    def scale(self) -> float:
+        return self._scale
 
     def table_ms(self) -> dict[str, list[float]]:
         """Current prediction for every level and batch size 1..max (for logs and tests)."""

@@ -94,10 +94,35 @@ def test_latency_model_interpolates_and_corrects_online():
     assert [round(lm.predict_ms("dense", b), 3) for b in (1, 2, 3, 4, 6, 8)] == [10, 14, 18, 22, 30, 38]
     assert lm.predict_ms("dense", 12) == pytest.approx(38 + 22)  # a full batch, then 4
     lm.observe("dense", 4, 44.0)  # twice as slow -> scale 1.5 after one EWMA step
-    assert lm.scale("dense") == pytest.approx(1.5)
+    assert lm.scale() == pytest.approx(1.5)
     assert lm.predict_ms("dense", 8) == pytest.approx(57.0)  # every size moves
     lm.observe("dense", 4, 1e6)  # an outlier is clamped
-    assert lm.scale("dense") <= 0.5 * 1.5 + 0.5 * 4.0 + 1e-9
+    assert lm.scale() <= 0.5 * 1.5 + 0.5 * 4.0 + 1e-9
+
+
+def test_scale_is_shared_by_all_levels():
+    lm = LatencyModel(profile_ms={"dense": {1: 10.0}, "l050": {1: 5.0}}, max_batch_size=1, alpha=1.0)
+    lm.observe("dense", 1, 20.0)
+    assert lm.predict_ms("l050", 1) == pytest.approx(10.0)
+
+
+def test_late_arrivals_do_not_grow_a_batch_past_its_deadline():
+    class PerImage:
+        def predict_ms(self, level, n):
+            return 100.0 * n
+
+    b = Batcher(levels=("dense", "l050"), max_batch_size=8, max_queue_delay_ms=0, latency=PerImage())
+    now = time.perf_counter()
+    out = []
+    b.put([item("dense", now + 0.25, out)] + [item("dense", now + 5, out) for _ in range(5)])
+    assert len(b.next_batch(timeout_s=1).items) == 2  # 2 x 100 ms fits the 250 ms head, 3 would not
+    # Another level's most urgent image needs 100 ms of its own before its deadline.
+    b = Batcher(levels=("dense", "l050"), max_batch_size=8, max_queue_delay_ms=0, latency=PerImage())
+    now = time.perf_counter()
+    b.put([item("dense", now + 0.6, out)] + [item("dense", now + 5, out) for _ in range(7)]
+          + [item("l050", now + 0.65, out)])
+    batch = b.next_batch(timeout_s=1)
+    assert batch.level == "dense" and len(batch.items) == 5  # 6 would fit dense's 600 ms, not l050's 550
 
 
 def test_profile_batch_sizes():
