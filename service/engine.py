@@ -236,6 +236,7 @@ class Engine:
         admitted_s = time.perf_counter()
         self.metrics.set_queue_depth(self.batcher.snapshot())
         results = await asyncio.gather(*futures, return_exceptions=True)
+        self.metrics.set_queue_depth(self.batcher.snapshot())  # also after expiries, which run no batch
         if all(isinstance(r, ItemResult) for r in results):
             # What the queue and compute times do not explain: handing results back to a busy
             # event loop. The controller adds it to every prediction.
