@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -90,11 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("out/overload"))
     p.add_argument("--docs", type=Path, default=None, help="markdown file to write the table into")
     p.add_argument("--plot", type=Path, default=None, help="sweep PNG (default <out>/sweep.png)")
+    p.add_argument("--render", type=Path, default=None, metavar="OVERLOAD_JSON",
+                   help="only re-write the table from a saved overload.json (no measurement)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.render is not None:
+        # Re-write the docs block from a saved run, without measuring anything.
+        doc = json.loads(args.render.read_text())
+        doc.setdefault("measured_utc", _utc(args.render.stat().st_mtime))
+        table = markdown(doc, args.plot or args.render.parent / "sweep.png", args.docs)
+        if args.docs:
+            replace_block(args.docs, table, begin=BEGIN, end=END)
+        print(table)
+        return 0
     try:
         loads = [float(x) for x in args.loads.split(",")]
         concurrencies = [int(x) for x in args.concurrency.split(",")]
@@ -167,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m service.loadgen.overload " + " ".join(argv if argv is not None else sys.argv[1:]),
         "cpu": cpu_model(), "model": args.model, "api": args.api, "budget_ms": args.budget_ms,
         "point_s": args.point_s, "capacity": capacity, "policies": policies, "settings": settings,
-        "wall_s": time.time() - started, "rows": rows,
+        "wall_s": time.time() - started, "rows": rows, "measured_utc": _utc(time.time()),
     }
     doc["targets"] = check_targets(rows, policies)
     write_json(args.out / "overload.json", doc)
@@ -214,6 +226,17 @@ def _trials(capacity: dict) -> str:
     return ", ".join(f"{c}: {rps:.1f}/s" for c, rps in trials.items()) or "given"
 
 
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t))
+
+
+def _top1(x) -> str:
+    """Cards give top-1 in percent (79.83) or as a fraction (0.7983); show percent."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.1f}%" if x > 1 else f"{100 * x:.1f}%"
+
+
 def _num(x, fmt: str) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
@@ -223,7 +246,7 @@ def markdown(doc: dict, plot_path: Path, docs_path: Path | None) -> str:
     rel = plot_path.name if docs_path is None else relpath(plot_path, docs_path.parent)
     lines = [
         BEGIN,
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on **{doc['cpu']}** "
+        f"Measured {doc.get('measured_utc') or _utc(time.time())} on **{doc['cpu']}** "
         f"({cores()} cores), model `{doc['model']}`, API {doc['api']}, every request with "
         f"`latency_budget_ms={doc['budget_ms']:g}` and no density, {doc['point_s']:g} s of Poisson "
         f"arrivals per point, one server per policy (settings {doc['settings']}). "
@@ -243,7 +266,7 @@ def markdown(doc: dict, plot_path: Path, docs_path: Path | None) -> str:
             f"{_num(100 * r['attainment'] if r['attainment'] == r['attainment'] else math.nan, '.1f')}% | "
             f"{_num(100 * r['shed_fraction'], '.1f')}% | {r['expired']} | {_num(r['p50_ms'], '.0f')} | "
             f"{_num(r['p99_ms'], '.0f')} | {_num(r.get('server_p99_ms'), '.0f')} | "
-            f"{_num(r.get('send_lag_p99_ms'), '.0f')} | {levels} | {_num(r['served_top1'], '.3f')} |"
+            f"{_num(r.get('send_lag_p99_ms'), '.0f')} | {levels} | {_top1(r['served_top1'])} |"
         )
     lines += ["", "| target | measured | result |", "|---|---|---|"]
     for c in doc["targets"]:
