@@ -15,6 +15,12 @@ ASSETS_DIR = (REPO / ".." / "shared" / "assets").resolve()
 HF_CACHE = ASSETS_DIR / "hf-cache"
 DEIT_TINY = "deit_tiny_patch16_224"
 
+# As the Makefile does: point the Hugging Face cache at the shared assets, offline. Set at
+# import, before any test imports huggingface_hub (which reads these variables only once).
+if HF_CACHE.is_dir():
+    os.environ.setdefault("HF_HOME", str(HF_CACHE))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 def assets_reason(*parts: str) -> str | None:
     """Why a test needing ASSETS_DIR/<parts> must skip, or None when it is there."""
@@ -47,8 +53,6 @@ def deit_tiny(assets_dir):
     reason = assets_reason("hf-cache")
     if reason:
         pytest.skip(reason)
-    os.environ.setdefault("HF_HOME", str(HF_CACHE))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from models import load_model
 
     return load_model(DEIT_TINY)
