@@ -33,6 +33,13 @@ class SparseViT(nn.Module):
         super().__init__()
         if getattr(timm_model, "cls_token", None) is None:
             raise ValueError("SparseViT needs a ViT with a class token")
+        # The reducers treat token 0 as the only protected token, and the last block's trim
+        # keeps only the class token for the head: both hold for class-token pooling alone.
+        if getattr(timm_model, "num_prefix_tokens", 1) != 1 or getattr(timm_model, "global_pool", "token") != "token":
+            raise ValueError(
+                "SparseViT needs a ViT with one class token and class-token pooling "
+                f"(got {timm_model.num_prefix_tokens} prefix tokens, global_pool={timm_model.global_pool!r})"
+            )
         self.timm_model = timm_model
         self.data_config = DataConfig.from_timm(timm_model)
         self.shape = vit_shape(timm_model)

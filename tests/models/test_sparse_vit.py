@@ -154,3 +154,14 @@ def test_last_block_trim_is_exact(tiny_model, images):
     with torch.inference_mode():
         diff = (m(images, level="trim") - tiny_model.timm_model(images)).abs().max().item()
     assert diff <= 1e-5
+
+
+@pytest.mark.parametrize("kwargs", [dict(global_pool="avg"), dict(reg_tokens=2)])
+def test_rejects_vits_whose_pooling_the_reducers_would_break(kwargs):
+    from timm.models.vision_transformer import VisionTransformer
+
+    from models.sparse_vit import SparseViT
+
+    vit = VisionTransformer(img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2, **kwargs)
+    with pytest.raises(ValueError, match="class-token pooling"):
+        SparseViT(vit)
