@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -85,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", default="4,8,16", help="closed-loop client counts tried for capacity")
     p.add_argument("--policies", default="adaptive,fixed:dense,sparsest",
                    help='comma list; "sparsest" = fixed at the sparsest level the server offers')
+    p.add_argument("--interleave", action="store_true",
+                   help="run all policies' servers at once and alternate them at each load point")
     p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                    help="extra SAIT_ setting for every server (e.g. MAX_BATCH_SIZE=16)")
     p.add_argument("--images", type=Path, default=None)
@@ -124,20 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     scenario = Scenario.single(Dials(name="budget", latency_budget_ms=args.budget_ms))
     bar = tqdm(unit="point", desc="overload sweep")
 
+    def point(server: ServerProcess, policy: str, i: int, load_x: float) -> dict:
+        run = LoadRun(base_url=server.url, target=target,
+                      profile=RateProfile.constant(load_x * cap_rps, args.point_s),
+                      scenario=scenario, payloads=payloads, seed=i, progress=False,
+                      timeout_s=max(30.0, 10 * args.budget_ms / 1e3))
+        results, summary = execute(run)
+        name = f"{policy.replace(':', '_')}-{load_x:g}x"
+        write_run(args.out / name, results, summary, window_s=1.0, title=f"{policy} at {load_x:g}x")
+        bar.update(1)
+        time.sleep(2.0)  # let the queue drain before the next point
+        return {"policy": policy, "load_x": load_x, **summary}
+
     def sweep(server: ServerProcess, policy: str) -> list[dict]:
-        rows = []
-        for i, load_x in enumerate(loads):
-            run = LoadRun(base_url=server.url, target=target,
-                          profile=RateProfile.constant(load_x * cap_rps, args.point_s),
-                          scenario=scenario, payloads=payloads, seed=i, progress=False,
-                          timeout_s=max(30.0, 10 * args.budget_ms / 1e3))
-            results, summary = execute(run)
-            name = f"{policy.replace(':', '_')}-{load_x:g}x"
-            write_run(args.out / name, results, summary, window_s=1.0, title=f"{policy} at {load_x:g}x")
-            rows.append({"policy": policy, "load_x": load_x, **summary})
-            bar.update(1)
-            time.sleep(2.0)  # let the queue drain before the next point
-        return rows
+        return [point(server, policy, i, load_x) for i, load_x in enumerate(loads)]
 
     # 1. On a fixed:dense server: the levels it offers and the dense capacity; then, when
     #    fixed:dense is one of the policies, its sweep on the same server (one start-up less).
@@ -160,14 +163,24 @@ def main(argv: list[str] | None = None) -> int:
         policies = [sparsest if p == "sparsest" else p for p in requested]
         bar.total = len(policies) * len(loads)
         print(f"dense capacity {cap_rps:.1f} req/s; sparsest policy {sparsest}", flush=True)
-        if "fixed:dense" in policies:
+        if args.interleave:
+            # All servers up at once (idle ones cost little CPU); at each load every policy runs
+            # back to back, so background load that comes and goes hits all policies alike.
+            with contextlib.ExitStack() as stack:
+                servers = {p: server if p == "fixed:dense" else stack.enter_context(
+                    ServerProcess(settings={**settings, "POLICY": p}, log_path=_log(args.out, p)))
+                    for p in policies}
+                for i, load_x in enumerate(loads):
+                    rows += [point(servers[p], p, i, load_x) for p in policies]
+        elif "fixed:dense" in policies:
             rows += sweep(server, "fixed:dense")
 
     # 2. Every other policy on a fresh server of its own.
-    for policy in policies:
-        if policy != "fixed:dense":
-            with ServerProcess(settings={**settings, "POLICY": policy}, log_path=_log(args.out, policy)) as server:
-                rows += sweep(server, policy)
+    if not args.interleave:
+        for policy in policies:
+            if policy != "fixed:dense":
+                with ServerProcess(settings={**settings, "POLICY": policy}, log_path=_log(args.out, policy)) as server:
+                    rows += sweep(server, policy)
     bar.close()
     order = {p: i for i, p in enumerate(policies)}
     rows.sort(key=lambda r: (order[r["policy"]], r["load_x"]))
@@ -180,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": cpu_model(), "model": args.model, "api": args.api, "budget_ms": args.budget_ms,
         "point_s": args.point_s, "capacity": capacity, "policies": policies, "settings": settings,
         "wall_s": time.time() - started, "rows": rows, "measured_utc": _utc(time.time()),
+        "interleave": args.interleave,
     }
     doc["targets"] = check_targets(rows, policies)
     write_json(args.out / "overload.json", doc)
@@ -249,7 +263,7 @@ def markdown(doc: dict, plot_path: Path, docs_path: Path | None) -> str:
         f"Measured {doc.get('measured_utc') or _utc(time.time())} on **{doc['cpu']}** "
         f"({cores()} cores), model `{doc['model']}`, API {doc['api']}, every request with "
         f"`latency_budget_ms={doc['budget_ms']:g}` and no density, {doc['point_s']:g} s of Poisson "
-        f"arrivals per point, one server per policy (settings {doc['settings']}). "
+        f"arrivals per point, one server per policy{', policies interleaved per load' if doc.get('interleave') else ''} (settings {doc['settings']}). "
         f"Dense capacity (fixed:dense, best closed-loop throughput; clients: {_trials(doc['capacity'])}): "
         f"**{cap:.1f} req/s**. Whole run {doc['wall_s'] / 60:.1f} min.",
         "",
