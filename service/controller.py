@@ -12,12 +12,10 @@ Rules, in order:
    this request's images in it, plus the batching delay when its batch would not be full,
    plus the recently measured hand-back overhead.
 4. Deadline: the budget (the request's, else SAIT_DEFAULT_BUDGET_MS), less the safety margin,
-   less the time already spent (decoding). Walking from the densest candidate, the first one
-   predicted to finish within its share of that usable budget serves the request: the
-   densest gets `headroom` (half) of it, the sparsest all of it, those between in
-   proportion. So a growing queue moves requests to sparser, faster levels long before it
-   reaches the deadline. `min_accuracy` without a budget asks for the fastest level that
-   meets the floor. No candidate in time: shed (429, Retry-After) rather than serve late.
+   less the time already spent (decoding). The densest candidate predicted to finish within
+   it serves the request — except that `min_accuracy` without a budget asks for the fastest
+   level that meets the floor. No candidate in time: shed (429, Retry-After) rather than
+   serving late.
 """
 from __future__ import annotations
 
@@ -100,11 +98,6 @@ class Policy:
         max_batch_size: largest batch.
         max_queue_delay_ms: longest wait to fill a batch.
         queue_limit: queued images before shedding.
-        headroom: the densest level must finish within this fraction of the usable budget;
-            each sparser level may use a larger fraction, the sparsest the whole of it. With
-            1.0 the controller is greedy (densest level that makes the deadline), which lets
-            dense work fill the queue to the deadline under overload, so that every later
-            request is shed instead of served sparser (measured: docs/loadtest.md).
     """
 
     fixed_density: str | None = None
@@ -113,7 +106,6 @@ class Policy:
     max_batch_size: int = 32
     max_queue_delay_ms: float = 5.0
     queue_limit: int = 512
-    headroom: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -205,10 +197,10 @@ def choose_level(dial: Dial, load: LoadSnapshot, latency: LatencyPredictor, *, l
 
     order = sorted(candidates, key=lambda lv: lv.gflops_ratio, reverse=not fastest_first)
     best_ms = math.inf
-    for i, lv in enumerate(order):
+    for lv in order:
         ms = predicted_completion_ms(lv.name, dial.images, load, latency, policy)
         best_ms = min(best_ms, ms)
-        if ms <= usable_ms * _level_share(i, len(order), policy.headroom, fastest_first):
+        if ms <= usable_ms:
             return Decision(level=lv.name, reason=reason, predicted_ms=ms, budget_ms=budget_ms)
     names = ", ".join(lv.name for lv in order)
     raise Shed(
@@ -216,18 +208,6 @@ def choose_level(dial: Dial, load: LoadSnapshot, latency: LatencyPredictor, *, l
         f"({names}) with {load.total_queued} images queued",
         retry_after_s=max(best_ms - usable_ms, 0.0) / 1e3,
     )
-
-
-def _level_share(rank: int, count: int, headroom: float, fastest_first: bool) -> float:
-    """Fraction of the usable budget that the `rank`-th densest candidate may fill.
-
-    The densest level gets `headroom`, the sparsest 1.0, the ones between in proportion: a
-    growing queue moves requests to sparser levels well before it reaches the deadline, and
-    sparser batches drain it, so overload costs accuracy rather than refusals.
-    """
-    if fastest_first or count == 1:
-        return 1.0
-    return headroom + (1.0 - headroom) * rank / (count - 1)
 
 
 def levels_meeting(min_accuracy: float, levels: Sequence[LevelInfo]) -> list[LevelInfo]:

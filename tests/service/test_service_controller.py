@@ -27,8 +27,7 @@ class LinearLatency:
 
 
 LAT = LinearLatency()
-POLICY = Policy(default_budget_ms=1000, safety_margin=0.1, max_batch_size=8, max_queue_delay_ms=5, queue_limit=64,
-                headroom=1.0)  # greedy: the tables below check the deadline arithmetic alone
+POLICY = Policy(default_budget_ms=1000, safety_margin=0.1, max_batch_size=8, max_queue_delay_ms=5, queue_limit=64)
 
 
 # (case, dial, queued per level, busy_ms, policy overrides) -> (level, reason)
@@ -89,28 +88,6 @@ def test_refusal(case, dial, queued, busy, overrides, exc, message):
     if exc is Shed:
         assert info.value.status == 429
         assert int(info.value.headers()["Retry-After"]) >= 1
-
-
-# With headroom 0.5 the densest level may fill half of the usable 36 ms (18), l080 2/3 (24),
-# l060 5/6 (30), l050 all of it (36): a queue moves requests sparser before the deadline.
-HEADROOM = [
-    ("idle: dense (17 <= 18)", {}, 0.0, "dense"),
-    ("one dense batch ahead: l080 (12+2+8+5=27 > 24), l060 (12+13=25 <= 30)", {"dense": 1}, 0.0, "l060"),
-    ("busy 14 ms: l080 (14+15=29 > 24), l060 (14+13=27 <= 30)", {}, 14.0, "l060"),
-    ("busy 20 ms: only l050 in its share (20+12=32 <= 36)", {}, 20.0, "l050"),
-]
-
-
-@pytest.mark.parametrize("case,queued,busy,expected", HEADROOM, ids=[c[0] for c in HEADROOM])
-def test_headroom_moves_requests_sparser_before_the_deadline(case, queued, busy, expected):
-    policy = Policy(**{**POLICY.__dict__, "headroom": 0.5})
-    d = choose_level(Dial(latency_budget_ms=40), LoadSnapshot(queued=queued, busy_ms=busy), LAT, levels=LEVELS,
-                     policy=policy)
-    assert d.level == expected
-    greedy = choose_level(Dial(latency_budget_ms=40), LoadSnapshot(queued=queued, busy_ms=busy), LAT,
-                          levels=LEVELS, policy=POLICY)
-    assert LEVELS.index(next(lv for lv in LEVELS if lv.name == greedy.level)) <= \
-        LEVELS.index(next(lv for lv in LEVELS if lv.name == d.level))
 
 
 def test_min_accuracy_without_card_is_a_clear_400():
