@@ -126,7 +126,7 @@ class Engine:
         try:
             runner = create_runner(model, device=settings.device, precision=settings.precision,
                                    cuda_graphs=settings.cuda_graphs, max_batch_size=settings.max_batch_size, top_k=5,
-                                   levels=settings.level_names)
+                                   levels=_served_levels(model, settings.level_names))
         except (RuntimeError, ValueError) as exc:
             raise StartupError(f"cannot create the runner: {exc}") from None
         return cls(settings=settings, model=model, runner=runner, card=card)
