@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import sys
 import time
@@ -29,6 +28,7 @@ from models.loader import load_model
 from models.preprocess import normalize_uint8
 from models.sparse_vit import SparseViT
 from models.weights import WeightsError
+from models.machine import cpu_model
 
 
 class UsageError(ValueError):
@@ -68,14 +68,6 @@ def device_description(device: torch.device) -> str:
     return f"{cpu_model()} ({torch.get_num_threads()} threads)"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _sync(device: torch.device) -> None:

@@ -33,18 +33,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from models.machine import cpu_model
 
 TARGET_RATIO = 0.85
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def model_only_images_per_s(runner, level: str, batch: int, seconds: float) -> float:

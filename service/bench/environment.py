@@ -7,25 +7,9 @@ import subprocess
 from pathlib import Path
 
 import torch
+from models.machine import cpu_model
 
 
-def cpu_model() -> str:
-    """The CPU's model name, as `lscpu` prints it (falls back to /proc/cpuinfo, then platform)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def git_commit() -> str | None:

@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import os
-import platform
-import subprocess
 from pathlib import Path
+from models.machine import cpu_model
 
 
-def cpu_model() -> str:
-    """The CPU model as lscpu names it (docs name the machine behind every figure)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def cores() -> int:
