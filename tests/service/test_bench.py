@@ -10,9 +10,10 @@ import httpx
 import numpy as np
 import pytest
 
-from models import load_model
 import torch
 from PIL import Image
+
+from models import load_model
 
 from service.bench.__main__ import main
 from service.bench.e2e_bench import closed_loop, summarize
