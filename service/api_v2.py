@@ -133,6 +133,7 @@ async def model_config(request: Request, model: str, version: str | None = None)
             "levels": {"string_value": ",".join(engine.levels)},
             "policy": {"string_value": s.policy},
             "safety_margin": {"string_value": str(s.safety_margin)},
+            "degrade_from": {"string_value": str(s.degrade_from)},
             "level_card": {"string_value": "yes" if engine.card is not None else "no"},
         },
     })

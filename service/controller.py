@@ -12,10 +12,21 @@ Rules, in order:
    this request's images in it, plus the batching delay when its batch would not be full,
    plus the recently measured hand-back overhead.
 4. Deadline: the budget (the request's, else SAIT_DEFAULT_BUDGET_MS), less the safety margin,
-   less the time already spent (decoding). The densest candidate predicted to finish within
-   it serves the request — except that `min_accuracy` without a budget asks for the fastest
-   level that meets the floor. No candidate in time: shed (429, Retry-After) rather than
-   serving late.
+   less the time already spent (decoding), is the usable budget. No candidate predicted to
+   finish within it: shed (429, Retry-After) rather than serving late. `min_accuracy`
+   without a budget asks for the fastest level that meets the floor.
+5. Otherwise the densest candidate that fits serves the request, subject to the degradation
+   ladder: the work already waiting (the batch in flight plus every queue, in ms) may take
+   at most a share of the usable budget before a level is skipped. The shares rise evenly
+   from SAIT_DEGRADE_FROM for the densest level to 1 for the sparsest, over the levels that
+   buy speed (a level predicted no faster per image than a denser one only loses accuracy,
+   and is skipped). Why a ladder and not only "the densest that fits": a dense request
+   admitted into a queue that already holds most of the budget keeps the queue there, and
+   under overload the queue settles at the budget, so nearly every request then waits the
+   whole budget and the next burst is shed — the sparse levels, which drain the queue,
+   are never chosen. With the ladder the queue itself is the load signal: it grows until the
+   mix of levels served keeps up with the arrivals, and settles lower the sparser the
+   levels must be, leaving the rest of the budget as slack for bursts.
 """
 from __future__ import annotations
 
@@ -98,6 +109,10 @@ class Policy:
         max_batch_size: largest batch.
         max_queue_delay_ms: longest wait to fill a batch.
         queue_limit: queued images before shedding.
+        degrade_from: share of the usable budget the waiting work may fill before the densest
+            level is skipped (the ladder's first rung); 1.0 turns the ladder off.
+        min_speedup: a level must be predicted this much faster per image than the last
+            denser level kept to be a rung of the ladder.
     """
 
     fixed_density: str | None = None
@@ -106,6 +121,8 @@ class Policy:
     max_batch_size: int = 32
     max_queue_delay_ms: float = 5.0
     queue_limit: int = 512
+    degrade_from: float = 0.3
+    min_speedup: float = 1.03
 
 
 @dataclass(frozen=True)
@@ -157,6 +174,32 @@ def drain_ms(latency: LatencyPredictor, level: str, images: int, max_batch_size:
     return full * latency.predict_ms(level, max_batch_size) + (latency.predict_ms(level, rest) if rest else 0.0)
 
 
+def waiting_ms(load: LoadSnapshot, latency: LatencyPredictor, policy: Policy) -> float:
+    """Work ahead of any new request: the batch in flight, the hand-back overhead, every queue."""
+    return load.busy_ms + load.overhead_ms + sum(
+        drain_ms(latency, level, queued, policy.max_batch_size) for level, queued in load.queued.items() if queued > 0)
+
+
+def ladder(candidates: Sequence[LevelInfo], latency: LatencyPredictor, policy: Policy) -> list[tuple[LevelInfo, float]]:
+    """(level, share of the usable budget the waiting work may fill) for the levels that buy speed.
+
+    Candidates densest first; a level not `min_speedup` faster per image (in a full batch)
+    than the last one kept is dropped. Shares rise evenly from `degrade_from` to 1.
+    """
+    b = policy.max_batch_size
+    rungs: list[LevelInfo] = []
+    last_ms = math.inf
+    for lv in candidates:
+        ms = latency.predict_ms(lv.name, b) / b
+        if not rungs or ms * policy.min_speedup <= last_ms:
+            rungs.append(lv)
+            last_ms = ms
+    if len(rungs) == 1:
+        return [(rungs[0], 1.0)]
+    step = (1.0 - policy.degrade_from) / (len(rungs) - 1)
+    return [(lv, policy.degrade_from + step * i) for i, lv in enumerate(rungs)]
+
+
 def predicted_completion_ms(level: str, images: int, load: LoadSnapshot, latency: LatencyPredictor,
                             policy: Policy) -> float:
     """When a request of `images` joining `level`'s queue now is predicted to finish (ms from now)."""
@@ -196,8 +239,15 @@ def choose_level(dial: Dial, load: LoadSnapshot, latency: LatencyPredictor, *, l
         candidates, reason = list(levels), "budget"
 
     order = sorted(candidates, key=lambda lv: lv.gflops_ratio, reverse=not fastest_first)
+    if fastest_first:
+        rungs = [(lv, 1.0) for lv in order]
+    else:
+        rungs = ladder(order, latency, policy)
+        waiting = waiting_ms(load, latency, policy)
+        # The sparsest rung has share 1: it always stays, and only the deadline can refuse it.
+        rungs = [(lv, share) for lv, share in rungs if waiting <= share * usable_ms] or rungs[-1:]
     best_ms = math.inf
-    for lv in order:
+    for lv, _ in rungs:
         ms = predicted_completion_ms(lv.name, dial.images, load, latency, policy)
         best_ms = min(best_ms, ms)
         if ms <= usable_ms:

@@ -93,6 +93,7 @@ class Engine:
             fixed_density=settings.fixed_density, default_budget_ms=settings.default_budget_ms,
             safety_margin=settings.safety_margin, max_batch_size=settings.max_batch_size,
             max_queue_delay_ms=settings.max_queue_delay_ms, queue_limit=settings.queue_limit,
+            degrade_from=settings.degrade_from,
         )
         if settings.fixed_density is not None:
             try:
@@ -178,7 +179,10 @@ class Engine:
                                  max_batch_size=self.settings.max_batch_size)
         for level, points in profile.items():
             log.info("latency profile %s: %s", level, ", ".join(f"b{b}={ms:.1f}ms" for b, ms in points.items()))
-        latency = LatencyModel(profile_ms=profile, max_batch_size=self.settings.max_batch_size)
+        densest_first = tuple(lv.name for lv in sorted(self.level_infos, key=lambda lv: -lv.gflops_ratio))
+        latency = LatencyModel(profile_ms=profile, max_batch_size=self.settings.max_batch_size, order=densest_first)
+        log.info("latency model per image at batch %d: %s", self.settings.max_batch_size,
+                 ", ".join(f"{lv}={latency.per_image_ms(lv):.1f}ms" for lv in densest_first))
         batcher = Batcher(levels=self.levels, max_batch_size=self.settings.max_batch_size,
                           max_queue_delay_ms=self.settings.max_queue_delay_ms, latency=latency)
         return batcher, latency

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     policy: str = Field("adaptive", description="adaptive or fixed:<density> (fixed:dense = fixed:1.0)")
     default_budget_ms: float = Field(1000.0, gt=0, le=3_600_000, description="budget for requests that give none")
     safety_margin: float = Field(0.1, ge=0, lt=1, description="fraction of the budget kept as margin")
+    degrade_from: float = Field(0.3, ge=0, le=1, description="share of the usable budget queued work may fill "
+                                "before the densest level is skipped (1: off)")
     max_body_bytes: int = Field(20_971_520, ge=1024, description="larger bodies get 413")
     max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto, fp32, bf16, fp16")

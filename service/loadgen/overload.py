@@ -24,7 +24,7 @@ from tqdm import tqdm
 from service.loadgen.arrivals import RateProfile
 from service.loadgen.client import Target
 from service.loadgen.docblock import cores, cpu_model, relpath, replace_block
-from service.loadgen.payloads import DEFAULT_IMAGE_DIR, load_folder, synthetic
+from service.loadgen.payloads import DEFAULT_IMAGE_DIR, PAYLOAD_KINDS, load_folder, synthetic
 from service.loadgen.report import plot_sweep, write_json, write_run
 from service.loadgen.scenario import Dials, Scenario
 from service.loadgen.server import ServerProcess
@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="deit_tiny_patch16_224")
     p.add_argument("--api", choices=("v1", "v2"), default="v1")
+    p.add_argument("--payload", choices=PAYLOAD_KINDS, default="jpeg",
+                   help="jpeg: the server decodes; uint8: preprocessed tensors (needs --api v2)")
     p.add_argument("--loads", default="0.5,1,1.5,2,2.5,3", help="offered loads in x dense capacity")
     p.add_argument("--point-s", type=float, default=20.0, help="seconds of load per point")
     p.add_argument("--budget-ms", type=float, default=1000.0, help="latency budget of every request")
@@ -117,10 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print("overload: --loads and --concurrency are comma lists of numbers, --setting is KEY=VALUE", file=sys.stderr)
         return 2
+    if args.payload == "uint8" and args.api != "v2":
+        print("overload: --payload uint8 needs --api v2 (the native API takes encoded images)", file=sys.stderr)
+        return 2
     settings = {"MODEL": args.model, **extra}
     folder = args.images or DEFAULT_IMAGE_DIR
-    payloads = load_folder(folder, limit=64) if folder.is_dir() else synthetic(count=16)
-    target = Target(api=args.api, model=args.model)
+    payloads = (load_folder(folder, kind=args.payload, limit=64) if folder.is_dir()
+                else synthetic(count=16, kind=args.payload))
+    target = Target(api=args.api, kind=args.payload, model=args.model)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
@@ -190,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         row["served_top1"] = served_top1(row["level_fractions"], top1)
     doc = {
         "command": "python -m service.loadgen.overload " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "cpu": cpu_model(), "model": args.model, "api": args.api, "budget_ms": args.budget_ms,
+        "cpu": cpu_model(), "model": args.model, "api": args.api, "payload": args.payload, "budget_ms": args.budget_ms,
         "point_s": args.point_s, "capacity": capacity, "policies": policies, "settings": settings,
         "wall_s": time.time() - started, "rows": rows, "measured_utc": _utc(time.time()),
         "interleave": args.interleave,
@@ -261,7 +267,7 @@ def markdown(doc: dict, plot_path: Path, docs_path: Path | None) -> str:
     lines = [
         BEGIN,
         f"Measured {doc.get('measured_utc') or _utc(time.time())} on **{doc['cpu']}** "
-        f"({cores()} cores), model `{doc['model']}`, API {doc['api']}, every request with "
+        f"({cores()} cores), model `{doc['model']}`, API {doc['api']} with {doc.get('payload', 'jpeg')} payloads, every request with "
         f"`latency_budget_ms={doc['budget_ms']:g}` and no density, {doc['point_s']:g} s of Poisson "
         f"arrivals per point, one server per policy{', policies interleaved per load' if doc.get('interleave') else ''} (settings {doc['settings']}). "
         f"Dense capacity (fixed:dense, best closed-loop throughput; clients: {_trials(doc['capacity'])}): "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from service.controller import (
-    Dial, LevelInfo, LoadSnapshot, Policy, choose_level, predicted_completion_ms, resolve_density,
+    Dial, LevelInfo, LoadSnapshot, Policy, choose_level, ladder, predicted_completion_ms, resolve_density, waiting_ms,
 )
 from service.errors import BadRequest, Shed
 
@@ -27,7 +27,8 @@ class LinearLatency:
 
 
 LAT = LinearLatency()
-POLICY = Policy(default_budget_ms=1000, safety_margin=0.1, max_batch_size=8, max_queue_delay_ms=5, queue_limit=64)
+POLICY = Policy(default_budget_ms=1000, safety_margin=0.1, max_batch_size=8, max_queue_delay_ms=5, queue_limit=64,
+                degrade_from=0.3)
 
 
 # (case, dial, queued per level, busy_ms, policy overrides) -> (level, reason)
@@ -118,3 +119,60 @@ def test_hand_back_overhead_counts():
     idle = choose_level(Dial(latency_budget_ms=20), LoadSnapshot(), LAT, levels=LEVELS, policy=POLICY)
     slow_loop = choose_level(Dial(latency_budget_ms=20), LoadSnapshot(overhead_ms=4.0), LAT, levels=LEVELS, policy=POLICY)
     assert (idle.level, slow_loop.level) == ("dense", "l060")
+
+
+# The degradation ladder, with the 1000 ms default budget (usable 900 ms) and four rungs whose
+# shares are 0.3, 0.533, 0.767, 1.0 of it: 270, 480, 690, 900 ms of waiting work.
+# Dense costs 2 + 10 b ms per batch of b (<= 8), so n dense images queued wait
+# ceil(n/8) * 2 + 10 n ms.
+LADDER = [
+    ("idle: dense", {}, 0.0, "dense"),
+    ("a little waiting work: still dense (10 x 8 + 2 x 2 = 84 ms)", {"dense": 8}, 0.0, "dense"),
+    ("waiting 270 ms is the densest rung's limit: still dense", {}, 270.0, "dense"),
+    ("waiting past the first rung: l080", {}, 271.0, "l080"),
+    ("work queued at any level counts (l050: 40 x 5 + 5 x 2 = 210, + 100 busy)", {"l050": 40}, 100.0, "l080"),
+    ("past the second rung: l060", {}, 481.0, "l060"),
+    ("past the third rung: l050, the sparsest, limited only by the deadline", {}, 800.0, "l050"),
+]
+
+
+@pytest.mark.parametrize("case,queued,busy,expected", LADDER, ids=[c[0] for c in LADDER])
+def test_ladder_degrades_with_waiting_work(case, queued, busy, expected):
+    d = choose_level(Dial(), LoadSnapshot(queued=queued, busy_ms=busy), LAT, levels=LEVELS, policy=POLICY)
+    assert (d.level, d.reason) == (expected, "budget")
+
+
+def test_ladder_off_is_densest_that_fits():
+    off = Policy(**{**POLICY.__dict__, "degrade_from": 1.0})
+    d = choose_level(Dial(), LoadSnapshot(busy_ms=800.0), LAT, levels=LEVELS, policy=off)
+    assert d.level == "dense"  # 800 + 12 + 5 <= 900
+
+
+def test_ladder_does_not_apply_to_pins_or_an_accuracy_floor_alone():
+    load = LoadSnapshot(busy_ms=800.0)
+    assert choose_level(Dial(density="dense"), load, LAT, levels=LEVELS, policy=POLICY).level == "dense"
+    fixed = Policy(**{**POLICY.__dict__, "fixed_density": "dense"})
+    assert choose_level(Dial(), load, LAT, levels=LEVELS, policy=fixed).level == "dense"
+    assert choose_level(Dial(min_accuracy=0.75), load, LAT, levels=LEVELS, policy=POLICY).level == "l060"
+
+
+def test_ladder_skips_levels_that_buy_no_speed():
+    class SlowL080(LinearLatency):
+        per_image = {**LinearLatency.per_image, "l080": 9.9}  # 1 % faster than dense per image
+
+    rungs = ladder(LEVELS, SlowL080(), POLICY)
+    assert [lv.name for lv, _ in rungs] == ["dense", "l060", "l050"]
+    assert [round(share, 3) for _, share in rungs] == [0.3, 0.65, 1.0]
+    # Past dense's rung the request goes straight to l060, never to the slower-than-worth-it l080.
+    d = choose_level(Dial(), LoadSnapshot(busy_ms=300.0), SlowL080(), levels=LEVELS, policy=POLICY)
+    assert d.level == "l060"
+
+
+def test_waiting_work_is_level_independent():
+    load = LoadSnapshot(queued={"dense": 9, "l050": 1}, busy_ms=7.0, overhead_ms=1.0)
+    assert waiting_ms(load, LAT, POLICY) == pytest.approx(7 + 1 + (2 + 80) + (2 + 10) + (2 + 5))
+
+
+def test_ladder_still_sheds_when_the_sparsest_cannot_make_it():
+    with pytest.raises(Shed, match="cannot meet"):
+        choose_level(Dial(), LoadSnapshot(busy_ms=895.0), LAT, levels=LEVELS, policy=POLICY)
