@@ -1,4 +1,4 @@
-"""The machine a figure was measured on: every figure in docs/ names it."""
+"""The machine a figure was measured on (every figure in docs/ names it), and writing figures into docs."""
 from __future__ import annotations
 
 import platform
@@ -22,3 +22,17 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def replace_block(path: Path, block: str, *, begin: str, end: str) -> None:
+    """Put `block` (which starts with `begin` and ends with `end`) in place of the old one.
+
+    Appended at the end of the file when the markers are absent, so re-running replaces it.
+    """
+    text = path.read_text() if path.exists() else ""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)

@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
+
+from models.machine import replace_block
 
 _STATIC = ("name", "reducer", "tokens_per_block", "gflops", "gflops_ratio")
 
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", nargs="+", required=True, help="JSON files written by models.evaluate --json")
     p.add_argument("--out", required=True, help="card to write, e.g. models/cards/<model>.json")
     p.add_argument("--plot", help="also write a PNG of top-1 and agreement against GFLOPs")
+    p.add_argument("--docs", help="also render the card's table into this markdown file (between card markers)")
     args = p.parse_args(argv)
     try:
         runs = [json.loads(Path(f).read_text()) for f in args.runs]
@@ -70,7 +74,32 @@ def main(argv: list[str] | None = None) -> int:
 
         sets = " + ".join(card["datasets"])
         plot(card["levels"], args.plot, title=f"{card['model']} on {sets} ({card['images']} images, {card['device']})")
+    if args.docs:
+        replace_block(Path(args.docs), card_markdown(card, args.runs), begin=CARD_BEGIN, end=CARD_END)
     return 0
+
+
+CARD_BEGIN, CARD_END = "<!-- card:begin -->", "<!-- card:end -->"
+
+
+def card_markdown(card: dict, runs: list[str]) -> str:
+    """The card's combined table, with where and how it was measured."""
+    dense = next(lv for lv in card["levels"] if lv["name"] == "dense")
+    rows = [
+        "| level | reducer | GFLOPs | ratio | top-1 | Δ top-1 | top-5 | agreement | images/s | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for lv in card["levels"]:
+        rows.append(
+            f"| {lv['name']} | {lv['reducer']} | {lv['gflops']:.3f} | {lv['gflops_ratio']:.3f} | {lv['top1']:.2f} | "
+            f"{lv['top1'] - dense['top1']:+.2f} | {lv['top5']:.2f} | {lv['agreement']:.3f} | {lv['images_per_s']:.1f} | "
+            f"{lv['images_per_s'] / dense['images_per_s']:.2f}x |")
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    head = (f"Rendered from `models/cards/{card['model']}.json` ({card['images']} images: "
+            f"{', '.join(card['datasets'])}; {card['device']}; batch {card['batch_size']}) by "
+            f"`python -m models.make_card --runs {' '.join(runs)} --docs ...`, {stamp}, after the "
+            f"`models.evaluate` commands recorded in the card.")
+    return "\n".join([CARD_BEGIN, head, "", *rows, CARD_END])
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ def test_naive_baseline_is_one_prune_at_block_3(deit_shape_model):
 
 def test_default_levels_are_search_schedules(deit_shape_model):
     """The committed recipes reproduce the searched schedules they were chosen from."""
-    chosen = {0.9: "merge:6+fp", 0.8: "merge:4+fp", 0.7: "mergegeo:4+fp", 0.65: "mergegeo:3+fp", 0.6: "mergegeo:3+fp", 0.5: "hybg:prunef:2:0.85:merge+fp"}
+    chosen = {0.9: "merge:6+fp", 0.8: "merge:4+fp", 0.7: "mergegeo:4+fp", 0.65: "mergegeo:3+fp", 0.6: "mergegeo:3+fp", 0.5: "hybg:prunef:2:0.85:merge+fp",
+              0.4: "hybg:prunef:1:0.8:merge+fp"}
     assert set(chosen) == set(DEFAULT_RECIPES)
     for target, spec in chosen.items():
         _, steps = fit(spec, target, deit_shape_model)

@@ -69,11 +69,11 @@ def test_loop_losses_finite_dense_starts_equal_to_teacher(straight):
     assert all(np.isfinite(h["loss"]) and np.isfinite(h["grad_norm"]) for h in history)
     # Student and teacher are the same weights at step 0 (mixup changes the input of both alike).
     assert history[0]["kd"]["dense"] < 1e-5
-    assert history[0]["kd"]["l050"] > 1e-4  # the sparsest level differs from its teacher
-    assert all(h["levels"][0] == "dense" and h["levels"][-1] == "l050" and len(h["levels"]) == 3 for h in history)
+    assert history[0]["kd"]["l040"] > 1e-4  # the sparsest level differs from its teacher
+    assert all(h["levels"][0] == "dense" and h["levels"][-1] == "l040" and len(h["levels"]) == 3 for h in history)
     assert (out / "loss_curves.png").stat().st_size > 1000
     model = load_model("vit_tiny_test", weights=summary["weights"])  # exported weights load back
-    assert set(model.levels) >= {"dense", "l050"}
+    assert set(model.levels) >= {"dense", "l040"}
 
 
 def test_fixed_batch_loss_decreases(pool, tmp_path):
@@ -86,9 +86,9 @@ def test_fixed_batch_loss_decreases(pool, tmp_path):
                token_weight=0.0, ce_weight=1.0, lr=1e-3, random_levels=0)
     train(cfg)
     history = _history(tmp_path / "fit")
-    assert [h["levels"] for h in history] == [["dense", "l050"]] * 5
+    assert [h["levels"] for h in history] == [["dense", "l040"]] * 5
     assert history[-1]["loss"] < history[0]["loss"] - 0.1
-    assert all(np.isfinite(h["kd"]["l050"]) for h in history)
+    assert all(np.isfinite(h["kd"]["l040"]) for h in history)
 
 
 def test_resume_reproduces_the_uninterrupted_run_exactly(pool, tmp_path, straight):
