@@ -134,6 +134,7 @@ async def model_config(request: Request, model: str, version: str | None = None)
             "policy": {"string_value": s.policy},
             "safety_margin": {"string_value": str(s.safety_margin)},
             "degrade_from": {"string_value": str(s.degrade_from)},
+            "ladder": {"string_value": ",".join(engine.policy.rungs or ())},
             "level_card": {"string_value": "yes" if engine.card is not None else "no"},
         },
     })
@@ -189,6 +190,7 @@ def _infer_response(engine: Engine, req: InferRequest, result: RequestResult) ->
         "compute_ms": round(result.compute_ms, 3),
         "total_ms": round(result.total_ms, 3),
         "budget_ms": result.decision.budget_ms,
+        "predicted_ms": round(result.decision.predicted_ms, 3),
         "deadline_met": result.deadline_met,
         "batch_size": result.batch_size,
     }

@@ -6,7 +6,8 @@ earliest deadlines, up to the max batch size, and no larger than lets its predic
 end before the deadlines it delays (late arrivals must not slow an admitted request down). A batch that is not full may wait for more
 images, but at most the max queue delay after its oldest image arrived, and never past the
 latest moment its most urgent image can still start (deadline - predicted compute). Images
-whose deadline has passed are handed back as `expired` (answered 504) and never computed.
+whose deadline has passed, or that could not finish before it even in a batch of one, are
+handed back as `expired` (answered 504) and never computed.
 """
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ import torch
 
 from service.controller import LatencyPredictor
 from service.errors import Unavailable
+
+
+# How late a waiting thread may wake up (Condition.wait overshoots by about a millisecond).
+_WAKE_GUARD_S = 0.005
 
 
 @dataclass(eq=False)
@@ -129,6 +134,9 @@ class Batcher:
                     self._cond.wait(wait)
                     continue
                 queue = self._queues[level]
+                doomed = self._pop_doomed(level, queue, now)
+                if doomed:
+                    return Batch(level=None, items=[], expired=doomed)
                 fill_until = self._fill_until(level, queue)
                 if len(queue) >= self.max_batch_size or now >= fill_until or self._closed:
                     return Batch(level=level, items=self._take(level, queue, now), expired=[])
@@ -149,6 +157,21 @@ class Batcher:
                 queue[:] = kept
         return out
 
+    def _pop_doomed(self, level: str, queue: list, now: float) -> list[WorkItem]:
+        """The queue's most urgent images that cannot finish in time even in a batch of one.
+
+        Computing them would only make them late and, worse, spend the time of the images
+        behind them: under overload that turns into a cascade of tiny, late batches. They are
+        answered 504 now instead, with no compute spent.
+        """
+        if self.latency is None:
+            return []
+        alone_s = self.latency.predict_ms(level, 1) / 1e3
+        out = []
+        while queue and queue[0][1].deadline_s < now + alone_s:
+            out.append(heapq.heappop(queue)[1])
+        return out
+
     def _most_urgent_level(self) -> str | None:
         heads = [(q[0][0], level) for level, q in self._queues.items() if q]
         return min(heads)[1] if heads else None
@@ -159,8 +182,9 @@ class Batcher:
         if self.latency is not None:
             n = min(len(queue), self.max_batch_size)
             head = queue[0][1]
-            # Waiting longer would leave the most urgent image too little time to compute.
-            until = min(until, head.deadline_s - self.latency.predict_ms(level, n) / 1e3)
+            # Waiting longer would leave the most urgent image too little time to compute (less
+            # a guard for the thread's wake-up delay, so that it does not wake up doomed).
+            until = min(until, head.deadline_s - self.latency.predict_ms(level, n) / 1e3 - _WAKE_GUARD_S)
         return until
 
     def _take(self, level: str, queue: list, now: float) -> list[WorkItem]:

@@ -9,8 +9,9 @@ Rules, in order:
    one; else `min_accuracy` allows the levels whose card accuracy meets it; else every level.
 3. Predicted completion of the request at a level L, queue-aware: the remaining time of the
    batch in flight, plus draining every other level's queue, plus draining L's queue with
-   this request's images in it, plus the batching delay when its batch would not be full,
-   plus the recently measured hand-back overhead.
+   this request's images in it (in full batches once that queue is deeper than one batch),
+   plus the batching delay when its batch would not be full, plus the recently measured
+   hand-back overhead.
 4. Deadline: the budget (the request's, else SAIT_DEFAULT_BUDGET_MS), less the safety margin,
    less the time already spent (decoding), is the usable budget. No candidate predicted to
    finish within it: shed (429, Retry-After) rather than serving late. `min_accuracy`
@@ -18,9 +19,8 @@ Rules, in order:
 5. Otherwise the densest candidate that fits serves the request, subject to the degradation
    ladder: the work already waiting (the batch in flight plus every queue, in ms) may take
    at most a share of the usable budget before a level is skipped. The shares rise evenly
-   from SAIT_DEGRADE_FROM for the densest level to 1 for the sparsest, over the levels that
-   buy speed (a level predicted no faster per image than a denser one only loses accuracy,
-   and is skipped). Why a ladder and not only "the densest that fits": a dense request
+   from SAIT_DEGRADE_FROM for the densest level to 1 for the sparsest, over few rungs that
+   each buy real speed (see `ladder`). Why a ladder and not only "the densest that fits": a dense request
    admitted into a queue that already holds most of the budget keeps the queue there, and
    under overload the queue settles at the budget, so nearly every request then waits the
    whole budget and the next burst is shed — the sparse levels, which drain the queue,
@@ -111,8 +111,12 @@ class Policy:
         queue_limit: queued images before shedding.
         degrade_from: share of the usable budget the waiting work may fill before the densest
             level is skipped (the ladder's first rung); 1.0 turns the ladder off.
-        min_speedup: a level must be predicted this much faster per image than the last
-            denser level kept to be a rung of the ladder.
+        min_speedup: between the densest and the sparsest level, a level is a rung of the
+            ladder when it is predicted at least this much slower per image than the rung
+            below it (so each rung buys real speed, and load spreads over few queues).
+        rungs: the ladder fixed once (the engine picks it from the start-up profile, so that
+            online corrections do not make levels flicker in and out of it); None: chosen
+            from the current predictions on every request.
     """
 
     fixed_density: str | None = None
@@ -122,7 +126,8 @@ class Policy:
     max_queue_delay_ms: float = 5.0
     queue_limit: int = 512
     degrade_from: float = 0.3
-    min_speedup: float = 1.03
+    min_speedup: float = 1.2
+    rungs: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -181,19 +186,31 @@ def waiting_ms(load: LoadSnapshot, latency: LatencyPredictor, policy: Policy) ->
 
 
 def ladder(candidates: Sequence[LevelInfo], latency: LatencyPredictor, policy: Policy) -> list[tuple[LevelInfo, float]]:
-    """(level, share of the usable budget the waiting work may fill) for the levels that buy speed.
+    """(level, share of the usable budget the waiting work may fill) for the rungs, densest first.
 
-    Candidates densest first; a level not `min_speedup` faster per image (in a full batch)
-    than the last one kept is dropped. Shares rise evenly from `degrade_from` to 1.
+    The densest candidate (accuracy when there is time) and the sparsest (capacity when there
+    is not) are always rungs; in between, walking up from the sparsest, a level is a rung when
+    it costs at least `min_speedup` times the rung below it per image (in a full batch).
+    Few, well-separated rungs matter on top of accuracy: each level has its own queue, and
+    requests spread over many levels make many small batches, which on a CPU cost up to twice
+    as much per image as full ones. Shares rise evenly from `degrade_from` to 1.
     """
-    b = policy.max_batch_size
-    rungs: list[LevelInfo] = []
-    last_ms = math.inf
-    for lv in candidates:
-        ms = latency.predict_ms(lv.name, b) / b
-        if not rungs or ms * policy.min_speedup <= last_ms:
-            rungs.append(lv)
-            last_ms = ms
+    last = len(candidates) - 1
+    if policy.rungs is not None:
+        rungs = [lv for i, lv in enumerate(candidates) if i in (0, last) or lv.name in policy.rungs]
+    else:
+        b = policy.max_batch_size
+        cost = [latency.predict_ms(lv.name, b) / b for lv in candidates]
+        kept = [last]
+        for i in range(last - 1, -1, -1):
+            if cost[i] >= policy.min_speedup * cost[kept[-1]]:
+                kept.append(i)
+        if kept[-1] != 0:  # the densest is too close to the densest rung kept: it takes that place
+            if len(kept) > 1:
+                kept[-1] = 0
+            else:
+                kept.append(0)
+        rungs = [candidates[i] for i in reversed(kept)]
     if len(rungs) == 1:
         return [(rungs[0], 1.0)]
     step = (1.0 - policy.degrade_from) / (len(rungs) - 1)
@@ -208,7 +225,16 @@ def predicted_completion_ms(level: str, images: int, load: LoadSnapshot, latency
         if other != level and queued > 0:
             ahead += drain_ms(latency, other, queued, policy.max_batch_size)
     mine = load.queued.get(level, 0) + images
-    ahead += drain_ms(latency, level, mine, policy.max_batch_size)
+    b = policy.max_batch_size
+    if mine > b:
+        # A queue deeper than one batch keeps the batcher filling full batches: the request's
+        # batch will be full too (later arrivals join it), so it needs the time of a full
+        # one. Costing it as the partial batch it is now would admit requests whose batch
+        # the batcher must then cut short to save them, and under overload those small,
+        # slow batches would feed on themselves.
+        ahead += -(-mine // b) * latency.predict_ms(level, b)
+    else:
+        ahead += drain_ms(latency, level, mine, b)
     if mine % policy.max_batch_size:
         ahead += policy.max_queue_delay_ms  # a batch that is not full may wait to fill
     return ahead

@@ -8,6 +8,7 @@ in a thread before readiness.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import torch
 from models import load_model
 from models.card import LevelCard
 from service.batcher import Batcher, WorkItem
-from service.controller import Decision, Dial, LevelInfo, LoadSnapshot, Policy, choose_level, resolve_density
+from service.controller import Decision, Dial, LevelInfo, LoadSnapshot, Policy, choose_level, ladder, resolve_density
 from service.errors import ServiceError, Unavailable
 from service.labels import class_labels
 from service.latency_model import LatencyModel, profile_levels
@@ -183,6 +184,11 @@ class Engine:
         latency = LatencyModel(profile_ms=profile, max_batch_size=self.settings.max_batch_size, order=densest_first)
         log.info("latency model per image at batch %d: %s", self.settings.max_batch_size,
                  ", ".join(f"{lv}={latency.per_image_ms(lv):.1f}ms" for lv in densest_first))
+        by_density = sorted(self.level_infos, key=lambda lv: -lv.gflops_ratio)
+        rungs = tuple(lv.name for lv, _ in ladder(by_density, latency, self.policy))
+        self.policy = dataclasses.replace(self.policy, rungs=rungs)
+        log.info("degradation ladder: %s", " > ".join(
+            f"{lv.name} (waiting <= {share:.0%} of the budget)" for lv, share in ladder(by_density, latency, self.policy)))
         batcher = Batcher(levels=self.levels, max_batch_size=self.settings.max_batch_size,
                           max_queue_delay_ms=self.settings.max_queue_delay_ms, latency=latency)
         return batcher, latency
@@ -265,6 +271,8 @@ class Engine:
     # -- bookkeeping ------------------------------------------------------------------------------------
     def _on_batch(self, level: str, size: int, compute_s: float, queue_s: list[float]) -> None:
         self.metrics.observe_batch(level=level, size=size, compute_s=compute_s, queue_s=queue_s)
+        if self.latency is not None:
+            self.metrics.latency_scale.set(self.latency.scale())
         self.stats.add_batch(size=size, compute_s=compute_s, queue_s=queue_s)
         if self.batcher is not None:
             self.metrics.set_queue_depth(self.batcher.snapshot())

@@ -54,7 +54,7 @@ class LatencyModel:
             keeps the profile as measured.
     """
 
-    def __init__(self, *, profile_ms: dict[str, dict[int, float]], max_batch_size: int, alpha: float = 0.1,
+    def __init__(self, *, profile_ms: dict[str, dict[int, float]], max_batch_size: int, alpha: float = 0.3,
                  level_alpha: float = 0.05, order: tuple[str, ...] | None = None):
         if not profile_ms:
             raise ValueError("latency model needs at least one level")

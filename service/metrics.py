@@ -62,6 +62,9 @@ class Metrics:
                                     ["level", "reason"], registry=r)
         self.ready = Gauge("sait_ready", "1 when the server accepts inference requests, else 0.", registry=r)
         self.inflight = Gauge("sait_inflight_requests", "Inference requests being handled now.", registry=r)
+        self.latency_scale = Gauge("sait_latency_scale_ratio",
+                                   "Measured / start-up profiled compute time, shared by all levels (1: as at start-up).",
+                                   registry=r)
         self.gpu_memory = Gauge("sait_gpu_memory_used_bytes", "Device memory in use (CUDA only), bytes.",
                                 ["gpu"], registry=r)
         self.gpu_utilization = Gauge("sait_gpu_utilization_ratio",

@@ -122,9 +122,9 @@ class InferenceWorker:
 
     def _handle(self, batch: Batch) -> None:
         for item in batch.expired:
-            _deliver(item, Expired(
-                f"deadline passed after {(time.perf_counter() - item.enqueued_s) * 1e3:.0f} ms in the queue; "
-                f"not computed"))
+            now = time.perf_counter()
+            why = "deadline passed" if now >= item.deadline_s else "deadline cannot be met even in a batch of one"
+            _deliver(item, Expired(f"{why} after {(now - item.enqueued_s) * 1e3:.0f} ms in the queue; not computed"))
         if not batch.items:
             return
         level, items = batch.level, batch.items

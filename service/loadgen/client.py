@@ -48,6 +48,7 @@ class Result:
     queue_ms: float = math.nan
     compute_ms: float = math.nan
     server_total_ms: float = math.nan
+    predicted_ms: float = math.nan
     top1: int = -1
     error: str = ""
 
@@ -69,6 +70,7 @@ class ServerInfo:
     queue_ms: float = math.nan
     compute_ms: float = math.nan
     total_ms: float = math.nan
+    predicted_ms: float = math.nan
     top1: int = -1
     extra: dict = field(default_factory=dict)
 
@@ -111,6 +113,7 @@ def read_server_info(doc: dict) -> ServerInfo:
         queue_ms=_float(timing.get("queue_ms")),
         compute_ms=_float(timing.get("compute_ms")),
         total_ms=_float(timing.get("total_ms")),
+        predicted_ms=_float(timing.get("predicted_ms")),
         top1=top1,
     )
 
@@ -257,6 +260,7 @@ async def send(client: httpx.AsyncClient, target: Target, dials: Dials, payload:
             result.level, result.server_deadline_met = info.level, info.deadline_met
             result.queue_ms, result.compute_ms = info.queue_ms, info.compute_ms
             result.server_total_ms, result.top1 = info.total_ms, info.top1
+            result.predicted_ms = info.predicted_ms
         else:
             result.error = _error_text(response)
     except httpx.TimeoutException:

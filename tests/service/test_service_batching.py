@@ -200,3 +200,18 @@ def test_failing_batch_fails_only_its_requests_and_the_worker_lives_on():
     assert isinstance(results["late"], Expired) and results["late"].status == 504
     assert runner.calls == 2  # the expired one was never computed
     assert worker.batches_failed == 1 and worker.batches_run == 1
+
+
+def test_an_image_that_cannot_make_its_deadline_even_alone_is_expired_not_computed():
+    class PerImage:
+        def predict_ms(self, level, n):
+            return 100.0 * n
+
+    b = Batcher(levels=("dense",), max_batch_size=8, max_queue_delay_ms=0, latency=PerImage())
+    now = time.perf_counter()
+    out: list = []
+    doomed, fine = item("dense", now + 0.05, out), item("dense", now + 5, out)
+    b.put([doomed, fine])
+    first = b.next_batch(timeout_s=1)
+    assert first.items == [] and first.expired == [doomed]  # 50 ms left, 100 ms needed
+    assert b.next_batch(timeout_s=1).items == [fine]

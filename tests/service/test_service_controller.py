@@ -28,7 +28,7 @@ class LinearLatency:
 
 LAT = LinearLatency()
 POLICY = Policy(default_budget_ms=1000, safety_margin=0.1, max_batch_size=8, max_queue_delay_ms=5, queue_limit=64,
-                degrade_from=0.3)
+                degrade_from=0.3, min_speedup=1.1)
 
 
 # (case, dial, queued per level, busy_ms, policy overrides) -> (level, reason)
@@ -98,10 +98,14 @@ def test_min_accuracy_without_card_is_a_clear_400():
 
 
 def test_prediction_is_queue_aware():
-    # 3 queued at dense (other level) + 9 at l050 incl. this request's 1 -> a full batch of 8 and one of 2.
+    # 3 queued at dense (other level) + 9 at l050 incl. this request's 1: deeper than one batch
+    # of 8, so this request's batch is costed full: two full batches.
     load = LoadSnapshot(queued={"dense": 3, "l050": 9}, busy_ms=4.0)
     ms = predicted_completion_ms("l050", 1, load, LAT, POLICY)
-    assert ms == pytest.approx(4.0 + (2 + 30) + (2 + 40) + (2 + 10) + 5)
+    assert ms == pytest.approx(4.0 + (2 + 30) + 2 * (2 + 40) + 5)
+    # A shallow queue: the request's batch is costed at the size it has now.
+    load = LoadSnapshot(queued={"dense": 3, "l050": 4}, busy_ms=4.0)
+    assert predicted_completion_ms("l050", 1, load, LAT, POLICY) == pytest.approx(4.0 + (2 + 30) + (2 + 25) + 5)
 
 
 def test_choice_is_pure():
@@ -176,3 +180,30 @@ def test_waiting_work_is_level_independent():
 def test_ladder_still_sheds_when_the_sparsest_cannot_make_it():
     with pytest.raises(Shed, match="cannot meet"):
         choose_level(Dial(), LoadSnapshot(busy_ms=895.0), LAT, levels=LEVELS, policy=POLICY)
+
+
+def test_rungs_are_few_and_well_separated():
+    class Measured:
+        """Per-image ms at batch 32 as a start-up profile of DeiT-Tiny on the 2-core CPU gave them."""
+
+        per_image = {"dense": 29.1, "l090": 27.5, "l080": 24.8, "l070": 21.0, "l065": 18.4, "l060": 18.4,
+                     "l050": 14.7, "l040": 13.4}
+
+        def predict_ms(self, level, batch_size):
+            return self.per_image[level] * batch_size
+
+    names = list(Measured.per_image)
+    levels = [LevelInfo(n, 1.0 - 0.08 * i) for i, n in enumerate(names)]
+    policy = Policy(max_batch_size=32)  # the default spacing, 1.2x
+    # From l040 up: l060 is 1.37x l040, l080 1.35x l060; dense is only 1.17x l080 and takes its place.
+    assert [lv.name for lv, _ in ladder(levels, Measured(), policy)] == ["dense", "l060", "l040"]
+    # Dense and the sparsest are rungs however close they are.
+    assert [lv.name for lv, _ in ladder(levels[-2:], Measured(), policy)] == ["l050", "l040"]
+    assert [(lv.name, share) for lv, share in ladder(levels[:1], Measured(), policy)] == [("dense", 1.0)]
+
+
+def test_fixed_rungs_keep_the_densest_and_sparsest_candidates():
+    fixed = Policy(**{**POLICY.__dict__, "rungs": ("dense", "l060", "l050")})
+    assert [lv.name for lv, _ in ladder(LEVELS, LAT, fixed)] == ["dense", "l060", "l050"]
+    # An accuracy floor that leaves dense..l080 makes l080 the sparsest candidate, hence a rung.
+    assert [lv.name for lv, _ in ladder(LEVELS[:2], LAT, fixed)] == ["dense", "l080"]
