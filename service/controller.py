@@ -87,11 +87,16 @@ class LoadSnapshot:
         busy_ms: predicted remaining compute of the batch now running (0 when idle).
         overhead_ms: recent time from a batch's end to its response being ready (handing
             results back to the event loop), which no compute profile sees.
+        completion_scale: recent measured / predicted completion time of served requests
+            (>= 1): what the batch-level corrections miss under load (batches smaller than
+            costed, CPU taken by request handling between batches). Waiting work and
+            predicted completions are multiplied by it.
     """
 
     queued: Mapping[str, int] = field(default_factory=dict)
     busy_ms: float = 0.0
     overhead_ms: float = 0.0
+    completion_scale: float = 1.0
 
     @property
     def total_queued(self) -> int:
@@ -181,8 +186,8 @@ def drain_ms(latency: LatencyPredictor, level: str, images: int, max_batch_size:
 
 def waiting_ms(load: LoadSnapshot, latency: LatencyPredictor, policy: Policy) -> float:
     """Work ahead of any new request: the batch in flight, the hand-back overhead, every queue."""
-    return load.busy_ms + load.overhead_ms + sum(
-        drain_ms(latency, level, queued, policy.max_batch_size) for level, queued in load.queued.items() if queued > 0)
+    return load.completion_scale * (load.busy_ms + load.overhead_ms + sum(
+        drain_ms(latency, level, queued, policy.max_batch_size) for level, queued in load.queued.items() if queued > 0))
 
 
 def ladder(candidates: Sequence[LevelInfo], latency: LatencyPredictor, policy: Policy) -> list[tuple[LevelInfo, float]]:
@@ -237,7 +242,7 @@ def predicted_completion_ms(level: str, images: int, load: LoadSnapshot, latency
         ahead += drain_ms(latency, level, mine, b)
     if mine % policy.max_batch_size:
         ahead += policy.max_queue_delay_ms  # a batch that is not full may wait to fill
-    return ahead
+    return ahead * load.completion_scale
 
 
 def choose_level(dial: Dial, load: LoadSnapshot, latency: LatencyPredictor, *, levels: Sequence[LevelInfo],

@@ -8,6 +8,7 @@ in a thread before readiness.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import time
@@ -19,7 +20,7 @@ from models import load_model
 from models.card import LevelCard
 from service.batcher import Batcher, WorkItem
 from service.controller import Decision, Dial, LevelInfo, LoadSnapshot, Policy, choose_level, ladder, resolve_density
-from service.errors import ServiceError, Unavailable
+from service.errors import Expired, ServiceError, Unavailable
 from service.labels import class_labels
 from service.latency_model import LatencyModel, profile_levels
 from service.metrics import Metrics
@@ -29,6 +30,13 @@ from service.stats import ModelStats
 from service.worker import InferenceWorker, ItemResult
 
 log = logging.getLogger(__name__)
+
+
+# The completion-time correction (LoadSnapshot.completion_scale) looks at this many recent
+# requests, needs at least the minimum before it acts, and never more than doubles a prediction.
+_COMPLETION_WINDOW = 128
+_COMPLETION_MIN = 16
+_COMPLETION_SCALE_MAX = 2.0
 
 
 class StartupError(RuntimeError):
@@ -111,6 +119,8 @@ class Engine:
         self.inflight = 0
         self.failed: str | None = None  # why warm-up failed, if it did
         self._overhead_ms = 0.0  # EWMA of batch end -> response ready, see infer()
+        # (measured, predicted) ms from admission to results, for the last served requests.
+        self._completions: collections.deque[tuple[float, float]] = collections.deque(maxlen=_COMPLETION_WINDOW)
         self._ready = False
 
     # -- construction -----------------------------------------------------------------------------
@@ -214,7 +224,21 @@ class Engine:
     def load_snapshot(self) -> LoadSnapshot:
         queued = self.batcher.snapshot() if self.batcher is not None else {}
         busy = self.worker.busy_ms() if self.worker is not None else 0.0
-        return LoadSnapshot(queued=queued, busy_ms=busy, overhead_ms=self._overhead_ms)
+        return LoadSnapshot(queued=queued, busy_ms=busy, overhead_ms=self._overhead_ms,
+                            completion_scale=self.completion_scale())
+
+    def completion_scale(self) -> float:
+        """Measured / predicted completion time over the last served requests, in [1, 2].
+
+        A ratio of sums, so that long waits (where an under-prediction costs a deadline)
+        weigh most, and a few tiny predictions off by a large factor do not swing it.
+        """
+        done = list(self._completions)
+        if len(done) < _COMPLETION_MIN:
+            return 1.0
+        measured = sum(m for m, _ in done)
+        predicted = sum(p for _, p in done)
+        return min(max(measured / predicted, 1.0), _COMPLETION_SCALE_MAX) if predicted > 0 else 1.0
 
     def check_accepting(self) -> None:
         if self.draining:
@@ -233,7 +257,8 @@ class Engine:
         dial = Dial(density=params.density, latency_budget_ms=params.latency_budget_ms,
                     min_accuracy=params.min_accuracy, images=len(images),
                     elapsed_ms=(time.perf_counter() - arrival_s) * 1e3)
-        decision = choose_level(dial, self.load_snapshot(), self.latency, levels=self.level_infos, policy=self.policy)
+        load = self.load_snapshot()
+        decision = choose_level(dial, load, self.latency, levels=self.level_infos, policy=self.policy)
         self.metrics.level_chosen.labels(level=decision.level, reason=decision.reason).inc()
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in images]
@@ -247,6 +272,10 @@ class Engine:
         admitted_s = time.perf_counter()
         self.metrics.set_queue_depth(self.batcher.snapshot())
         results = await asyncio.gather(*futures, return_exceptions=True)
+        if all(isinstance(r, (ItemResult, Expired)) for r in results):  # served, or expired: time that counts
+            # Against the uncorrected prediction: the correction must not chase its own tail.
+            self._completions.append(((time.perf_counter() - admitted_s) * 1e3,
+                                      decision.predicted_ms / load.completion_scale))
         self.metrics.set_queue_depth(self.batcher.snapshot())  # also after expiries, which run no batch
         if all(isinstance(r, ItemResult) for r in results):
             # What the queue and compute times do not explain: handing results back to a busy

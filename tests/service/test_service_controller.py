@@ -207,3 +207,31 @@ def test_fixed_rungs_keep_the_densest_and_sparsest_candidates():
     assert [lv.name for lv, _ in ladder(LEVELS, LAT, fixed)] == ["dense", "l060", "l050"]
     # An accuracy floor that leaves dense..l080 makes l080 the sparsest candidate, hence a rung.
     assert [lv.name for lv, _ in ladder(LEVELS[:2], LAT, fixed)] == ["dense", "l080"]
+
+
+def test_completion_scale_stretches_predictions_and_waiting():
+    load = LoadSnapshot(queued={"dense": 8}, busy_ms=10.0)
+    slow = LoadSnapshot(queued={"dense": 8}, busy_ms=10.0, completion_scale=1.5)
+    assert predicted_completion_ms("dense", 1, slow, LAT, POLICY) == pytest.approx(
+        1.5 * predicted_completion_ms("dense", 1, load, LAT, POLICY))
+    assert waiting_ms(slow, LAT, POLICY) == pytest.approx(1.5 * waiting_ms(load, LAT, POLICY))
+    # 270 ms of raw waiting keeps dense; stretched by 1.5 it is past the first rung.
+    assert choose_level(Dial(), LoadSnapshot(busy_ms=270.0), LAT, levels=LEVELS, policy=POLICY).level == "dense"
+    assert choose_level(Dial(), LoadSnapshot(busy_ms=270.0, completion_scale=1.5), LAT, levels=LEVELS,
+                        policy=POLICY).level == "l080"
+
+
+def test_engine_completion_scale_is_a_clamped_ratio_of_sums():
+    import collections
+    from types import SimpleNamespace
+
+    from service.engine import Engine
+
+    eng = SimpleNamespace(_completions=collections.deque(maxlen=128))
+    assert Engine.completion_scale(eng) == 1.0  # too few requests to say
+    eng._completions.extend([(120.0, 100.0)] * 15 + [(900.0, 600.0)])
+    assert Engine.completion_scale(eng) == pytest.approx((15 * 120 + 900) / (15 * 100 + 600))
+    eng._completions.extend([(50.0, 100.0)] * 16)  # faster than predicted: never below 1
+    assert Engine.completion_scale(eng) >= 1.0
+    eng._completions.extend([(1000.0, 100.0)] * 128)
+    assert Engine.completion_scale(eng) == 2.0  # at most doubles a prediction
