@@ -1,0 +1,41 @@
+"""The server-clock view of an overload sweep, from results.csv files."""
+from __future__ import annotations
+
+import csv
+
+from service.loadgen.serverclock import main, point_row
+
+FIELDS = ["outcome", "send_lag_ms", "server_deadline_met"]
+
+
+def write(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, FIELDS)
+        w.writeheader()
+        w.writerows(dict(zip(FIELDS, r)) for r in rows)
+
+
+def test_point_row_counts_late_sends_and_server_met(tmp_path):
+    f = tmp_path / "adaptive-2x" / "results.csv"
+    write(f, [("ok", 5, "True"), ("ok", 150, "False"), ("expired", 300, ""), ("shed", 1, ""), ("unsent", 0, "")])
+    r = point_row(f, point_s=2.0)
+    assert r["late_send"] == 0.5  # 2 of the 4 sent
+    assert r["server_attainment"] == 1 / 3  # 1 met of 3 admitted (shed is not admitted)
+    assert r["server_goodput_rps"] == 0.5
+
+
+def test_cli_writes_a_sorted_table_into_docs(tmp_path, capsys):
+    for name in ("fixed_dense-2x", "adaptive-1.5x", "adaptive-2x"):
+        write(tmp_path / "out" / name / "results.csv", [("ok", 1, "True")])
+    docs = tmp_path / "doc.md"
+    docs.write_text("intro\n")
+    assert main(["--out", str(tmp_path / "out"), "--point-s", "1", "--docs", str(docs)]) == 0
+    text = docs.read_text()
+    assert text.index("| adaptive | 1.5x") < text.index("| adaptive | 2x") < text.index("| fixed:dense | 2x")
+    assert "serverclock:begin" in text and "Command: `python -m service.loadgen.serverclock" in text
+
+
+def test_cli_missing_sweep_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "nothing")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
