@@ -4,7 +4,7 @@
 
 On one machine the load generator shares the CPU with the server; at the highest loads it
 cannot keep its schedule, and its latencies (measured from the scheduled send time, as they
-must be) then include its own backlog. This table reads each point's `results.csv` and adds
+must be) then include its own backlog. This table reads the points of the sweep in `<out>/overload.json`, each point's `results.csv`, and adds
 what the server itself reported: the share of requests the client sent more than 100 ms late,
 and the admitted requests whose answer the server timed within their budget.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -32,17 +33,18 @@ def point_row(results_csv: Path, point_s: float) -> dict:
             "server_goodput_rps": met / point_s}
 
 
-def table(out: Path, point_s: float) -> str:
+def table(out: Path) -> str:
+    """One row per point of the sweep that `out/overload.json` describes (older runs' folders
+    in the same place are not read)."""
+    sweep = json.loads((out / "overload.json").read_text())
     lines = [f"| policy | load | sent > {LATE_SEND_MS:.0f} ms late by the client | admitted met (server clock) | "
              "met per s (server clock) |", "|---|---|---|---|---|"]
-    dirs = sorted((d for d in out.iterdir() if (d / "results.csv").is_file()),
-                  key=lambda d: (d.name.rsplit("-", 1)[0], float(d.name.rsplit("-", 1)[1].rstrip("x"))))
-    if not dirs:
-        raise FileNotFoundError(f"no <policy>-<load>x/results.csv under {out}")
-    for d in dirs:
-        policy, load = d.name.rsplit("-", 1)
-        r = point_row(d / "results.csv", point_s)
-        lines.append(f"| {policy.replace('_', ':', 1)} | {load} | {r['late_send']:.0%} | {r['server_attainment']:.1%} | "
+    lines.insert(0, f"The sweep of {sweep.get('measured_utc', '?')} on **{sweep.get('cpu', '?')}**, from its "
+                    f"`results.csv` files.\n")
+    for row in sweep["rows"]:
+        name = f"{row['policy'].replace(':', '_')}-{row['load_x']:g}x"
+        r = point_row(out / name / "results.csv", float(sweep["point_s"]))
+        lines.append(f"| {row['policy']} | {row['load_x']:g}x | {r['late_send']:.0%} | {r['server_attainment']:.1%} | "
                      f"{r['server_goodput_rps']:.1f} |")
     return "\n".join(lines)
 
@@ -50,11 +52,10 @@ def table(out: Path, point_s: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m service.loadgen.serverclock", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("out/overload"), help="the overload experiment's --out")
-    p.add_argument("--point-s", type=float, default=20.0, help="seconds of load per point (the sweep's --point-s)")
     p.add_argument("--docs", type=Path, help="markdown file to write the table into (between serverclock markers)")
     args = p.parse_args(argv)
     try:
-        text = table(args.out, args.point_s)
+        text = table(args.out)
     except (OSError, KeyError, ValueError) as exc:
         print(f"serverclock: {exc}", file=sys.stderr)
         return 2

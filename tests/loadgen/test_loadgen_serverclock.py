@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 from service.loadgen.serverclock import main, point_row
 
@@ -25,14 +26,18 @@ def test_point_row_counts_late_sends_and_server_met(tmp_path):
     assert r["server_goodput_rps"] == 0.5
 
 
-def test_cli_writes_a_sorted_table_into_docs(tmp_path, capsys):
-    for name in ("fixed_dense-2x", "adaptive-1.5x", "adaptive-2x"):
-        write(tmp_path / "out" / name / "results.csv", [("ok", 1, "True")])
+def test_cli_writes_the_sweeps_points_into_docs(tmp_path, capsys):
+    out = tmp_path / "out"
+    for name in ("fixed_dense-2x", "adaptive-1.5x", "adaptive-2x", "fixed_l050-2x"):  # l050: an older sweep's
+        write(out / name / "results.csv", [("ok", 1, "True")])
+    rows = [{"policy": p, "load_x": x} for p, x in (("adaptive", 1.5), ("adaptive", 2.0), ("fixed:dense", 2.0))]
+    (out / "overload.json").write_text(json.dumps({"point_s": 1.0, "rows": rows}))
     docs = tmp_path / "doc.md"
     docs.write_text("intro\n")
-    assert main(["--out", str(tmp_path / "out"), "--point-s", "1", "--docs", str(docs)]) == 0
+    assert main(["--out", str(out), "--docs", str(docs)]) == 0
     text = docs.read_text()
     assert text.index("| adaptive | 1.5x") < text.index("| adaptive | 2x") < text.index("| fixed:dense | 2x")
+    assert "fixed:l050" not in text and "| 1.0 |" in text
     assert "serverclock:begin" in text and "Command: `python -m service.loadgen.serverclock" in text
 
 
