@@ -39,6 +39,34 @@ _COMPLETION_MIN = 16
 _COMPLETION_SCALE_MAX = 2.0
 
 
+class CompletionRatio:
+    """Measured / predicted completion time over the last served requests, in [1, 2].
+
+    A ratio of sums, so that long waits (where an under-prediction costs a deadline) weigh
+    most, and a few tiny predictions off by a large factor do not swing it. Running sums:
+    the event loop reads it for every request.
+    """
+
+    def __init__(self, window: int = _COMPLETION_WINDOW):
+        self._done: collections.deque[tuple[float, float]] = collections.deque()
+        self._window = window
+        self._measured = self._predicted = 0.0
+
+    def add(self, measured_ms: float, predicted_ms: float) -> None:
+        self._done.append((measured_ms, predicted_ms))
+        self._measured += measured_ms
+        self._predicted += predicted_ms
+        if len(self._done) > self._window:
+            m, p = self._done.popleft()
+            self._measured -= m
+            self._predicted -= p
+
+    def scale(self) -> float:
+        if len(self._done) < _COMPLETION_MIN or self._predicted <= 0:
+            return 1.0
+        return min(max(self._measured / self._predicted, 1.0), _COMPLETION_SCALE_MAX)
+
+
 class StartupError(RuntimeError):
     """The server cannot start; the message is one line saying why and what to do."""
 
@@ -119,8 +147,7 @@ class Engine:
         self.inflight = 0
         self.failed: str | None = None  # why warm-up failed, if it did
         self._overhead_ms = 0.0  # EWMA of batch end -> response ready, see infer()
-        # (measured, predicted) ms from admission to results, for the last served requests.
-        self._completions: collections.deque[tuple[float, float]] = collections.deque(maxlen=_COMPLETION_WINDOW)
+        self._completions = CompletionRatio()
         self._ready = False
 
     # -- construction -----------------------------------------------------------------------------
@@ -190,15 +217,15 @@ class Engine:
                                  max_batch_size=self.settings.max_batch_size)
         for level, points in profile.items():
             log.info("latency profile %s: %s", level, ", ".join(f"b{b}={ms:.1f}ms" for b, ms in points.items()))
-        densest_first = tuple(lv.name for lv in sorted(self.level_infos, key=lambda lv: -lv.gflops_ratio))
-        latency = LatencyModel(profile_ms=profile, max_batch_size=self.settings.max_batch_size, order=densest_first)
-        log.info("latency model per image at batch %d: %s", self.settings.max_batch_size,
-                 ", ".join(f"{lv}={latency.per_image_ms(lv):.1f}ms" for lv in densest_first))
         by_density = sorted(self.level_infos, key=lambda lv: -lv.gflops_ratio)
-        rungs = tuple(lv.name for lv, _ in ladder(by_density, latency, self.policy))
-        self.policy = dataclasses.replace(self.policy, rungs=rungs)
+        latency = LatencyModel(profile_ms=profile, max_batch_size=self.settings.max_batch_size,
+                               order=tuple(lv.name for lv in by_density))
+        log.info("latency model per image at batch %d: %s", self.settings.max_batch_size,
+                 ", ".join(f"{lv.name}={latency.per_image_ms(lv.name):.1f}ms" for lv in by_density))
+        rungs = ladder(by_density, latency, self.policy)
+        self.policy = dataclasses.replace(self.policy, rungs=tuple(lv.name for lv, _ in rungs))
         log.info("degradation ladder: %s", " > ".join(
-            f"{lv.name} (waiting <= {share:.0%} of the budget)" for lv, share in ladder(by_density, latency, self.policy)))
+            f"{lv.name} (waiting <= {share:.0%} of the budget)" for lv, share in rungs))
         batcher = Batcher(levels=self.levels, max_batch_size=self.settings.max_batch_size,
                           max_queue_delay_ms=self.settings.max_queue_delay_ms, latency=latency)
         return batcher, latency
@@ -225,20 +252,7 @@ class Engine:
         queued = self.batcher.snapshot() if self.batcher is not None else {}
         busy = self.worker.busy_ms() if self.worker is not None else 0.0
         return LoadSnapshot(queued=queued, busy_ms=busy, overhead_ms=self._overhead_ms,
-                            completion_scale=self.completion_scale())
-
-    def completion_scale(self) -> float:
-        """Measured / predicted completion time over the last served requests, in [1, 2].
-
-        A ratio of sums, so that long waits (where an under-prediction costs a deadline)
-        weigh most, and a few tiny predictions off by a large factor do not swing it.
-        """
-        done = list(self._completions)
-        if len(done) < _COMPLETION_MIN:
-            return 1.0
-        measured = sum(m for m, _ in done)
-        predicted = sum(p for _, p in done)
-        return min(max(measured / predicted, 1.0), _COMPLETION_SCALE_MAX) if predicted > 0 else 1.0
+                            completion_scale=self._completions.scale())
 
     def check_accepting(self) -> None:
         if self.draining:
@@ -274,8 +288,8 @@ class Engine:
         results = await asyncio.gather(*futures, return_exceptions=True)
         if all(isinstance(r, (ItemResult, Expired)) for r in results):  # served, or expired: time that counts
             # Against the uncorrected prediction: the correction must not chase its own tail.
-            self._completions.append(((time.perf_counter() - admitted_s) * 1e3,
-                                      decision.predicted_ms / load.completion_scale))
+            self._completions.add((time.perf_counter() - admitted_s) * 1e3,
+                                  decision.predicted_ms / load.completion_scale)
         self.metrics.set_queue_depth(self.batcher.snapshot())  # also after expiries, which run no batch
         if all(isinstance(r, ItemResult) for r in results):
             # What the queue and compute times do not explain: handing results back to a busy

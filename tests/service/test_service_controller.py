@@ -222,16 +222,20 @@ def test_completion_scale_stretches_predictions_and_waiting():
 
 
 def test_engine_completion_scale_is_a_clamped_ratio_of_sums():
-    import collections
-    from types import SimpleNamespace
+    from service.engine import CompletionRatio
 
-    from service.engine import Engine
+    ratio = CompletionRatio(window=128)
 
-    eng = SimpleNamespace(_completions=collections.deque(maxlen=128))
-    assert Engine.completion_scale(eng) == 1.0  # too few requests to say
-    eng._completions.extend([(120.0, 100.0)] * 15 + [(900.0, 600.0)])
-    assert Engine.completion_scale(eng) == pytest.approx((15 * 120 + 900) / (15 * 100 + 600))
-    eng._completions.extend([(50.0, 100.0)] * 16)  # faster than predicted: never below 1
-    assert Engine.completion_scale(eng) >= 1.0
-    eng._completions.extend([(1000.0, 100.0)] * 128)
-    assert Engine.completion_scale(eng) == 2.0  # at most doubles a prediction
+    def extend(pairs):
+        for measured, predicted in pairs:
+            ratio.add(measured, predicted)
+
+    assert ratio.scale() == 1.0  # too few requests to say
+    extend([(120.0, 100.0)] * 15 + [(900.0, 600.0)])
+    assert ratio.scale() == pytest.approx((15 * 120 + 900) / (15 * 100 + 600))
+    extend([(50.0, 100.0)] * 16)  # faster than predicted: never below 1
+    assert ratio.scale() >= 1.0
+    extend([(1000.0, 100.0)] * 128)
+    assert ratio.scale() == 2.0  # at most doubles a prediction
+    extend([(100.0, 100.0)] * 128)  # the window forgets: only the last 128 count
+    assert ratio.scale() == pytest.approx(1.0)
