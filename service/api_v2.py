@@ -134,6 +134,8 @@ async def model_config(request: Request, model: str, version: str | None = None)
             "policy": {"string_value": s.policy},
             "safety_margin": {"string_value": str(s.safety_margin)},
             "degrade_from": {"string_value": str(s.degrade_from)},
+            "max_utilization": {"string_value": str(s.max_utilization)},
+            "overload_wait_share": {"string_value": str(s.overload_wait_share)},
             "ladder": {"string_value": ",".join(engine.policy.rungs or ())},
             "level_card": {"string_value": "yes" if engine.card is not None else "no"},
         },

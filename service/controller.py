@@ -27,6 +27,19 @@ Rules, in order:
    are never chosen. With the ladder the queue itself is the load signal: it grows until the
    mix of levels served keeps up with the arrivals, and settles lower the sparser the
    levels must be, leaving the rest of the budget as slack for bursts.
+6. Sustained load: a rung is skipped, too, when the recent arrival rate would take more than
+   SAIT_MAX_UTILIZATION of its capacity (images per second in full batches). The queue
+   alone reacts late and mixes levels: under a steady 2x load it must first fill before
+   requests step down, and while it does, denser requests keep taking the time the sparser
+   ones need, so the server sheds what a sparser level alone would have served. The rate
+   rule serves a steady overload at the level that keeps up with it; the queue rule still
+   answers the bursts on top.
+7. Overload: when the arrival rate exceeds even the sparsest rung's capacity, the waiting
+   work may fill at most SAIT_OVERLOAD_WAIT_SHARE of the usable budget; past it the request
+   is shed. The excess must be shed anyway, and a standing queue buys no throughput (the
+   batches are full either way): a queue kept short leaves the rest of the budget as slack
+   for the prediction error, which under overload is largest (measured at 3x on the 2-core
+   CPU: with the queue at the deadline, 5-8 % of the admitted requests finished late).
 """
 from __future__ import annotations
 
@@ -91,12 +104,15 @@ class LoadSnapshot:
             (>= 1): what the batch-level corrections miss under load (batches smaller than
             costed, CPU taken by request handling between batches). Waiting work and
             predicted completions are multiplied by it.
+        arrival_rate_per_s: images reaching the controller per second, recently (shed ones
+            included: the offered load); 0 when unknown, which turns the rate rule off.
     """
 
     queued: Mapping[str, int] = field(default_factory=dict)
     busy_ms: float = 0.0
     overhead_ms: float = 0.0
     completion_scale: float = 1.0
+    arrival_rate_per_s: float = 0.0
 
     @property
     def total_queued(self) -> int:
@@ -122,6 +138,10 @@ class Policy:
         rungs: the ladder fixed once (the engine picks it from the start-up profile, so that
             online corrections do not make levels flicker in and out of it); None: chosen
             from the current predictions on every request.
+        max_utilization: the share of a rung's capacity (images per second in full batches,
+            as predicted now) the arrival rate may take before that rung is skipped.
+        overload_wait_share: when the arrival rate exceeds the sparsest rung's capacity, the
+            share of the usable budget the waiting work may fill before requests are shed.
     """
 
     fixed_density: str | None = None
@@ -133,6 +153,8 @@ class Policy:
     degrade_from: float = 0.3
     min_speedup: float = 1.2
     rungs: tuple[str, ...] | None = None
+    max_utilization: float = 0.85
+    overload_wait_share: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -222,6 +244,28 @@ def ladder(candidates: Sequence[LevelInfo], latency: LatencyPredictor, policy: P
     return [(lv, policy.degrade_from + step * i) for i, lv in enumerate(rungs)]
 
 
+def keeps_up(rungs: Sequence[tuple[LevelInfo, float]], load: LoadSnapshot, latency: LatencyPredictor,
+             policy: Policy) -> list[tuple[LevelInfo, float]]:
+    """The rungs whose capacity the recent arrival rate fills to at most max_utilization.
+
+    Capacity is counted in full batches (under load the batcher fills them); see
+    `utilization`. When no rung keeps up, the sparsest stays: the deadline check then sheds the excess.
+    """
+    kept = [(lv, share) for lv, share in rungs if utilization(lv.name, load, latency, policy) <= policy.max_utilization]
+    return kept or list(rungs[-1:])
+
+
+def utilization(level: str, load: LoadSnapshot, latency: LatencyPredictor, policy: Policy) -> float:
+    """The share of the server's time the recent arrival rate would take, all served at `level`.
+
+    Per image in a full batch, stretched by the completion scale: capacity is what the
+    server really drains, and the scale measures how much slower than predicted it drains.
+    """
+    b = policy.max_batch_size
+    per_image_ms = load.completion_scale * latency.predict_ms(level, b) / b
+    return load.arrival_rate_per_s * per_image_ms / 1e3
+
+
 def predicted_completion_ms(level: str, images: int, load: LoadSnapshot, latency: LatencyPredictor,
                             policy: Policy) -> float:
     """When a request of `images` joining `level`'s queue now is predicted to finish (ms from now)."""
@@ -273,8 +317,15 @@ def choose_level(dial: Dial, load: LoadSnapshot, latency: LatencyPredictor, *, l
     if fastest_first:
         rungs = [(lv, 1.0) for lv in order]
     else:
-        rungs = ladder(order, latency, policy)
+        rungs = keeps_up(ladder(order, latency, policy), load, latency, policy)
         waiting = waiting_ms(load, latency, policy)
+        sparsest = rungs[-1][0].name
+        if (utilization(sparsest, load, latency, policy) > 1.0
+                and waiting > policy.overload_wait_share * usable_ms):
+            raise Shed(
+                f"overloaded: {load.arrival_rate_per_s:.0f} images/s arrive, more than even {sparsest} can serve; "
+                f"the queue is kept under {policy.overload_wait_share:g} of the budget (SAIT_OVERLOAD_WAIT_SHARE)",
+                retry_after_s=waiting / 1e3)
         # The sparsest rung has share 1: it always stays, and only the deadline can refuse it.
         rungs = [(lv, share) for lv, share in rungs if waiting <= share * usable_ms] or rungs[-1:]
     best_ms = math.inf

@@ -8,7 +8,6 @@ in a thread before readiness.
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import logging
 import time
@@ -23,6 +22,7 @@ from service.controller import Decision, Dial, LevelInfo, LoadSnapshot, Policy, 
 from service.errors import Expired, ServiceError, Unavailable
 from service.labels import class_labels
 from service.latency_model import LatencyModel, profile_levels
+from service.load_signals import ArrivalRate, CompletionRatio
 from service.metrics import Metrics
 from service.params import DialParams
 from service.settings import Settings
@@ -30,41 +30,6 @@ from service.stats import ModelStats
 from service.worker import InferenceWorker, ItemResult
 
 log = logging.getLogger(__name__)
-
-
-# The completion-time correction (LoadSnapshot.completion_scale) looks at this many recent
-# requests, needs at least the minimum before it acts, and never more than doubles a prediction.
-_COMPLETION_WINDOW = 128
-_COMPLETION_MIN = 16
-_COMPLETION_SCALE_MAX = 2.0
-
-
-class CompletionRatio:
-    """Measured / predicted completion time over the last served requests, in [1, 2].
-
-    A ratio of sums, so that long waits (where an under-prediction costs a deadline) weigh
-    most, and a few tiny predictions off by a large factor do not swing it. Running sums:
-    the event loop reads it for every request.
-    """
-
-    def __init__(self, window: int = _COMPLETION_WINDOW):
-        self._done: collections.deque[tuple[float, float]] = collections.deque()
-        self._window = window
-        self._measured = self._predicted = 0.0
-
-    def add(self, measured_ms: float, predicted_ms: float) -> None:
-        self._done.append((measured_ms, predicted_ms))
-        self._measured += measured_ms
-        self._predicted += predicted_ms
-        if len(self._done) > self._window:
-            m, p = self._done.popleft()
-            self._measured -= m
-            self._predicted -= p
-
-    def scale(self) -> float:
-        if len(self._done) < _COMPLETION_MIN or self._predicted <= 0:
-            return 1.0
-        return min(max(self._measured / self._predicted, 1.0), _COMPLETION_SCALE_MAX)
 
 
 class StartupError(RuntimeError):
@@ -130,7 +95,8 @@ class Engine:
             fixed_density=settings.fixed_density, default_budget_ms=settings.default_budget_ms,
             safety_margin=settings.safety_margin, max_batch_size=settings.max_batch_size,
             max_queue_delay_ms=settings.max_queue_delay_ms, queue_limit=settings.queue_limit,
-            degrade_from=settings.degrade_from,
+            degrade_from=settings.degrade_from, max_utilization=settings.max_utilization,
+            overload_wait_share=settings.overload_wait_share,
         )
         if settings.fixed_density is not None:
             try:
@@ -148,6 +114,7 @@ class Engine:
         self.failed: str | None = None  # why warm-up failed, if it did
         self._overhead_ms = 0.0  # EWMA of batch end -> response ready, see infer()
         self._completions = CompletionRatio()
+        self._arrivals = ArrivalRate()
         self._ready = False
 
     # -- construction -----------------------------------------------------------------------------
@@ -252,7 +219,8 @@ class Engine:
         queued = self.batcher.snapshot() if self.batcher is not None else {}
         busy = self.worker.busy_ms() if self.worker is not None else 0.0
         return LoadSnapshot(queued=queued, busy_ms=busy, overhead_ms=self._overhead_ms,
-                            completion_scale=self._completions.scale())
+                            completion_scale=self._completions.scale(),
+                            arrival_rate_per_s=self._arrivals.rate(time.perf_counter()))
 
     def check_accepting(self) -> None:
         if self.draining:
@@ -271,7 +239,9 @@ class Engine:
         dial = Dial(density=params.density, latency_budget_ms=params.latency_budget_ms,
                     min_accuracy=params.min_accuracy, images=len(images),
                     elapsed_ms=(time.perf_counter() - arrival_s) * 1e3)
+        self._arrivals.add(time.perf_counter(), len(images))  # shed or not, it is offered load
         load = self.load_snapshot()
+        self.metrics.arrival_rate.set(load.arrival_rate_per_s)
         decision = choose_level(dial, load, self.latency, levels=self.level_infos, policy=self.policy)
         self.metrics.level_chosen.labels(level=decision.level, reason=decision.reason).inc()
         loop = asyncio.get_running_loop()

@@ -65,6 +65,9 @@ class Metrics:
         self.latency_scale = Gauge("sait_latency_scale_ratio",
                                    "Measured / start-up profiled compute time, shared by all levels (1: as at start-up).",
                                    registry=r)
+        self.arrival_rate = Gauge("sait_arrival_rate_images_per_second",
+                                  "Images reaching the controller per second over the last 2 s, shed ones included.",
+                                  registry=r)
         self.gpu_memory = Gauge("sait_gpu_memory_used_bytes", "Device memory in use (CUDA only), bytes.",
                                 ["gpu"], registry=r)
         self.gpu_utilization = Gauge("sait_gpu_utilization_ratio",

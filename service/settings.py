@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     safety_margin: float = Field(0.1, ge=0, lt=1, description="fraction of the budget kept as margin")
     degrade_from: float = Field(0.3, ge=0, le=1, description="share of the usable budget queued work may fill "
                                 "before the densest level is skipped (1: off)")
+    max_utilization: float = Field(0.85, gt=0, le=1, description="share of a level's full-batch capacity the "
+                                   "arrival rate may take before the controller serves a sparser rung")
+    overload_wait_share: float = Field(0.8, gt=0, le=1, description="when even the sparsest level cannot keep "
+                                       "up, share of the usable budget queued work may fill before shedding (1: off)")
     max_body_bytes: int = Field(20_971_520, ge=1024, description="larger bodies get 413")
     max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto, fp32, bf16, fp16")

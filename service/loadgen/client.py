@@ -18,10 +18,11 @@ import math
 import struct
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Literal, Union
 
 import httpx
 
+from service.loadgen.http1 import Http1Client
 from service.loadgen.payloads import Payload, PayloadKind
 from service.loadgen.scenario import Dials
 
@@ -29,6 +30,10 @@ Api = Literal["v1", "v2"]
 APIS: tuple[str, ...] = ("v1", "v2")
 OUTCOMES: tuple[str, ...] = ("ok", "shed", "expired", "bad_request", "error", "timeout", "unsent")
 HEADER_LENGTH = "Inference-Header-Content-Length"
+
+# The generator's own lean client (service/loadgen/http1.py), or an httpx one (tests mock
+# servers with httpx's MockTransport): both have get/post, and raise httpx's exceptions.
+HttpClient = Union[Http1Client, httpx.AsyncClient]
 
 
 @dataclass
@@ -218,7 +223,7 @@ class Target:
     output_name: str | None = None
 
 
-async def discover_v2_io(client: httpx.AsyncClient, model: str, kind: PayloadKind) -> tuple[str, str | None]:
+async def discover_v2_io(client: HttpClient, model: str, kind: PayloadKind) -> tuple[str, str | None]:
     """From the model's v2 metadata: the input that takes this payload's datatype, and the
     integer output (class indices) to ask for, or None to ask for all outputs."""
     response = await client.get(f"/v2/models/{model}")
@@ -235,7 +240,7 @@ async def discover_v2_io(client: httpx.AsyncClient, model: str, kind: PayloadKin
     return input_name, output_name
 
 
-async def send(client: httpx.AsyncClient, target: Target, dials: Dials, payload: Payload,
+async def send(client: HttpClient, target: Target, dials: Dials, payload: Payload,
                result: Result, *, start_s: float) -> Result:
     """Send one request now and fill `result` in. Never raises for server/transport failures.
 

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
-from service.loadgen.client import Result, Target, discover_v2_io, send
+from service.loadgen.client import HttpClient, Result, Target, discover_v2_io, send
+from service.loadgen.http1 import Http1Client
 from service.loadgen.payloads import Payload
 from service.loadgen.scenario import DEFAULT_BUDGET_MS, Dials, Scenario
 
@@ -32,8 +33,8 @@ class TargetError(ValueError):
 def check_target(url: str, *, allow_remote: bool = False) -> str:
     """Return the base URL if it is loopback (or allow_remote is set); raise otherwise."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise TargetError(f"target must be an http(s)://host[:port] URL, got {url!r}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise TargetError(f"target must be a plain http://host[:port] URL, got {url!r}")
     if not allow_remote:
         try:
             infos = socket.getaddrinfo(parts.hostname, parts.port or 80, proto=socket.IPPROTO_TCP)
@@ -48,13 +49,14 @@ def check_target(url: str, *, allow_remote: bool = False) -> str:
     return url.rstrip("/")
 
 
-def make_client(base_url: str, *, max_inflight: int, timeout_s: float) -> httpx.AsyncClient:
-    # One connection per possible in-flight request, so the pool never queues on our side.
-    limits = httpx.Limits(max_connections=max_inflight, max_keepalive_connections=max_inflight)
-    return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=httpx.Timeout(timeout_s))
+def make_client(base_url: str, *, max_inflight: int, timeout_s: float) -> Http1Client:
+    """The generator's HTTP client: one keep-alive connection per possible in-flight request,
+    so the pool never queues on our side, and O(1) client work per request however many are
+    in flight (see service/loadgen/http1.py for why not httpx)."""
+    return Http1Client(base_url, max_connections=max_inflight, timeout_s=timeout_s)
 
 
-async def check_live(client: httpx.AsyncClient) -> None:
+async def check_live(client: HttpClient) -> None:
     """Fail fast, in one line, when nothing answers at the target (before timing anything)."""
     try:
         response = await client.get("/v2/health/live", timeout=5.0)
@@ -64,7 +66,7 @@ async def check_live(client: httpx.AsyncClient) -> None:
         raise TargetError(f"{client.base_url} is not live: /v2/health/live answered {response.status_code}")
 
 
-async def prepare_target(client: httpx.AsyncClient, target: Target) -> Target:
+async def prepare_target(client: HttpClient, target: Target) -> Target:
     """Fill in the v2 input and output names from the server's model metadata."""
     if target.api != "v2":
         return target
@@ -74,7 +76,7 @@ async def prepare_target(client: httpx.AsyncClient, target: Target) -> Target:
 
 async def run_open_loop(
     *,
-    client: httpx.AsyncClient,
+    client: HttpClient,
     target: Target,
     arrivals_s: np.ndarray,
     dials: Sequence[Dials],
@@ -87,7 +89,7 @@ async def run_open_loop(
     """Fire request i at arrivals_s[i]; return one Result per arrival, in schedule order.
 
     Args:
-        client: an httpx client bound to the target's base URL (see make_client).
+        client: an HTTP client bound to the target's base URL (see make_client).
         target: API and payload kind.
         arrivals_s: scheduled send times in seconds from the start (sorted).
         dials: the dials of each request (same length as arrivals_s).
@@ -136,7 +138,7 @@ async def run_open_loop(
 
 async def run_closed_loop(
     *,
-    client: httpx.AsyncClient,
+    client: HttpClient,
     target: Target,
     dials: Dials,
     payloads: Sequence[Payload],

@@ -75,5 +75,7 @@ def test_check_target_is_loopback_only_by_default():
     with pytest.raises(TargetError, match="refusing non-loopback"):
         check_target("http://10.1.2.3:8000")
     assert check_target("http://10.1.2.3:8000", allow_remote=True) == "http://10.1.2.3:8000"
-    with pytest.raises(TargetError, match="URL"):
+    with pytest.raises(TargetError, match="plain http"):
         check_target("ftp://127.0.0.1")
+    with pytest.raises(TargetError, match="plain http"):
+        check_target("https://127.0.0.1:8443")

@@ -221,21 +221,69 @@ def test_completion_scale_stretches_predictions_and_waiting():
                         policy=POLICY).level == "l080"
 
 
-def test_engine_completion_scale_is_a_clamped_ratio_of_sums():
-    from service.engine import CompletionRatio
+# The rate rule: with max_utilization 0.85 a second of wall time holds 850 ms of compute.
+# Per image in a full batch of 8: dense 82/8 = 10.25 ms, l080 8.25, l060 6.25, l050 5.25;
+# so dense keeps up with 82.9 images/s, l080 103, l060 136, l050 161.9.
+RATES = [
+    ("rate unknown (0): dense", 0.0, 0.0, "dense"),
+    ("80/s: dense keeps up (820 ms/s)", 80.0, 0.0, "dense"),
+    ("90/s: dense would take 922 ms/s, l080 742", 90.0, 0.0, "l080"),
+    ("120/s: l060 (750 ms/s)", 120.0, 0.0, "l060"),
+    ("150/s: l050 (787 ms/s)", 150.0, 0.0, "l050"),
+    ("500/s: nothing keeps up, the sparsest serves (the deadline sheds the excess)", 500.0, 0.0, "l050"),
+    ("the sparser of the rate rule and the queue rule: 90/s (l080) with 481 ms waiting (l060)", 90.0, 481.0,
+     "l060"),
+    ("the sparser of the two: 120/s (l060) with 271 ms waiting (l080)", 120.0, 271.0, "l060"),
+]
 
-    ratio = CompletionRatio(window=128)
 
-    def extend(pairs):
-        for measured, predicted in pairs:
-            ratio.add(measured, predicted)
+@pytest.mark.parametrize("case,rate,busy,expected", RATES, ids=[c[0] for c in RATES])
+def test_rate_rule_serves_a_steady_load_at_a_level_that_keeps_up(case, rate, busy, expected):
+    load = LoadSnapshot(busy_ms=busy, arrival_rate_per_s=rate)
+    assert choose_level(Dial(), load, LAT, levels=LEVELS, policy=POLICY).level == expected
 
-    assert ratio.scale() == 1.0  # too few requests to say
-    extend([(120.0, 100.0)] * 15 + [(900.0, 600.0)])
-    assert ratio.scale() == pytest.approx((15 * 120 + 900) / (15 * 100 + 600))
-    extend([(50.0, 100.0)] * 16)  # faster than predicted: never below 1
-    assert ratio.scale() >= 1.0
-    extend([(1000.0, 100.0)] * 128)
-    assert ratio.scale() == 2.0  # at most doubles a prediction
-    extend([(100.0, 100.0)] * 128)  # the window forgets: only the last 128 count
-    assert ratio.scale() == pytest.approx(1.0)
+
+def test_rate_rule_leaves_pins_alone_and_follows_max_utilization():
+    flood = LoadSnapshot(arrival_rate_per_s=500.0)
+    assert choose_level(Dial(density="dense"), flood, LAT, levels=LEVELS, policy=POLICY).level == "dense"
+    fixed = Policy(**{**POLICY.__dict__, "fixed_density": "l080"})
+    assert choose_level(Dial(), flood, LAT, levels=LEVELS, policy=fixed).level == "l080"
+    # At 90/s dense takes 922 ms of every second: over 0.85, under 1.
+    load = LoadSnapshot(arrival_rate_per_s=90.0)
+    full = Policy(**{**POLICY.__dict__, "max_utilization": 1.0})
+    assert choose_level(Dial(), load, LAT, levels=LEVELS, policy=full).level == "dense"
+    assert choose_level(Dial(), load, LAT, levels=LEVELS, policy=POLICY).level == "l080"
+
+
+# Overload: l050 serves 850/5.25 = 162 images/s at 0.85 utilization and 190.5 at 1.0; past that
+# the waiting work may fill only 0.8 of the usable 900 ms (720 ms) before requests are shed.
+OVERLOAD = [
+    ("190/s (l050 at 0.998): not overloaded, the deadline alone limits", 190.0, 800.0, "l050"),
+    ("200/s, 700 ms waiting: under 720, served at the sparsest", 200.0, 700.0, "l050"),
+    ("200/s, 721 ms waiting: past 0.8 of the budget, shed", 200.0, 721.0, Shed),
+    ("no rate known: only the deadline limits", 0.0, 800.0, "l050"),
+]
+
+
+@pytest.mark.parametrize("case,rate,busy,expected", OVERLOAD, ids=[c[0] for c in OVERLOAD])
+def test_overload_keeps_the_queue_short(case, rate, busy, expected):
+    load = LoadSnapshot(busy_ms=busy, arrival_rate_per_s=rate)
+    if expected is Shed:
+        with pytest.raises(Shed, match="overloaded.*SAIT_OVERLOAD_WAIT_SHARE") as info:
+            choose_level(Dial(), load, LAT, levels=LEVELS, policy=POLICY)
+        assert int(info.value.headers()["Retry-After"]) >= 1
+    else:
+        assert choose_level(Dial(), load, LAT, levels=LEVELS, policy=POLICY).level == expected
+
+
+def test_overload_share_one_is_off_and_completion_scale_counts_in_capacity():
+    off = Policy(**{**POLICY.__dict__, "overload_wait_share": 1.0})
+    assert choose_level(Dial(), LoadSnapshot(busy_ms=800.0, arrival_rate_per_s=200.0), LAT, levels=LEVELS,
+                        policy=off).level == "l050"
+    # 150/s fits l050 (0.79 of its time); measured completions 1.3x the predictions make it 1.02:
+    # overloaded, so 728 ms of (stretched) waiting work sheds.
+    assert choose_level(Dial(), LoadSnapshot(busy_ms=560.0, arrival_rate_per_s=150.0), LAT, levels=LEVELS,
+                        policy=POLICY).level == "l050"
+    with pytest.raises(Shed, match="overloaded"):
+        choose_level(Dial(), LoadSnapshot(busy_ms=560.0, arrival_rate_per_s=150.0, completion_scale=1.3), LAT,
+                     levels=LEVELS, policy=POLICY)

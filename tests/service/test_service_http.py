@@ -224,7 +224,8 @@ def test_metric_families(http):
     for family in ("sait_requests_total", "sait_request_duration_seconds_bucket", "sait_queue_duration_seconds_bucket",
                    "sait_compute_duration_seconds_bucket", "sait_batch_size_bucket", "sait_deadline_total",
                    "sait_queue_depth", "sait_level_chosen_total", "sait_ready", "sait_inflight_requests",
-                   "sait_cuda_graph_capture_seconds", "sait_cuda_graph_memory_bytes"):
+                   "sait_cuda_graph_capture_seconds", "sait_cuda_graph_memory_bytes",
+                   "sait_arrival_rate_images_per_second"):
         assert f"\n{family}" in text, family
     assert metric_value(text, "sait_ready") == 1.0
     assert metric_value(text, "sait_requests_total", api="v1", outcome="ok") > 0
