@@ -17,13 +17,16 @@ def row(policy, load_x, *, goodput, attainment, shed, dense_frac):
 def test_targets_pass_and_fail():
     rows = [row("adaptive", 2.0, goodput=40, attainment=0.995, shed=0.03, dense_frac=0.1),
             row("fixed:dense", 2.0, goodput=20, attainment=0.4, shed=0.0, dense_frac=1.0),
-            row("adaptive", 0.5, goodput=10, attainment=1.0, shed=0.0, dense_frac=0.9)]
+            row("adaptive", 0.5, goodput=10, attainment=1.0, shed=0.0, dense_frac=0.9),
+            row("adaptive", 3.0, goodput=45, attainment=0.93, shed=0.5, dense_frac=0.0)]
     checks = {c["target"]: c for c in check_targets(rows, ["adaptive", "fixed:dense"])}
     assert checks["adaptive at 2x: deadline met for admitted >= 0.99"]["pass"]
     assert checks["adaptive at 2x: shed fraction <= 0.05"]["pass"]
     assert checks["adaptive / fixed-dense goodput at 2x >= 1.8"]["value"] == 2.0
     dense = checks["adaptive at 0.5x: dense fraction >= 0.95"]
     assert dense["value"] == 0.9 and not dense["pass"]
+    burst = checks["adaptive at 3x: deadline met for admitted >= 0.95"]
+    assert burst["value"] == 0.93 and not burst["pass"]
 
 
 def test_markdown_table_and_block_replacement(tmp_path):
