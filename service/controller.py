@@ -251,18 +251,27 @@ def keeps_up(rungs: Sequence[tuple[LevelInfo, float]], load: LoadSnapshot, laten
     Capacity is counted in full batches (under load the batcher fills them); see
     `utilization`. When no rung keeps up, the sparsest stays: the deadline check then sheds the excess.
     """
-    kept = [(lv, share) for lv, share in rungs if utilization(lv.name, load, latency, policy) <= policy.max_utilization]
+    kept = [(lv, share) for lv, share in rungs
+            if utilization(lv.name, load, latency, policy, stretched=False) <= policy.max_utilization]
     return kept or list(rungs[-1:])
 
 
-def utilization(level: str, load: LoadSnapshot, latency: LatencyPredictor, policy: Policy) -> float:
+def utilization(level: str, load: LoadSnapshot, latency: LatencyPredictor, policy: Policy, *,
+                stretched: bool) -> float:
     """The share of the server's time the recent arrival rate would take, all served at `level`.
 
-    Per image in a full batch, stretched by the completion scale: capacity is what the
-    server really drains, and the scale measures how much slower than predicted it drains.
+    Per image in a full batch, from the (online-corrected) batch predictions. `stretched`
+    multiplies by the completion scale, which says how much slower than predicted the
+    server really drains its queue under load; the overload test uses it (a short queue a
+    little early costs little), the choice of rung does not: at light load the scale is
+    large for other reasons (fixed costs dominate short waits). With it, a 0.5x load in the
+    overload experiment left dense for two thirds of the requests, whose unstretched
+    utilization of dense was about 0.5.
     """
     b = policy.max_batch_size
-    per_image_ms = load.completion_scale * latency.predict_ms(level, b) / b
+    per_image_ms = latency.predict_ms(level, b) / b
+    if stretched:
+        per_image_ms *= load.completion_scale
     return load.arrival_rate_per_s * per_image_ms / 1e3
 
 
@@ -320,7 +329,7 @@ def choose_level(dial: Dial, load: LoadSnapshot, latency: LatencyPredictor, *, l
         rungs = keeps_up(ladder(order, latency, policy), load, latency, policy)
         waiting = waiting_ms(load, latency, policy)
         sparsest = rungs[-1][0].name
-        if (utilization(sparsest, load, latency, policy) > 1.0
+        if (utilization(sparsest, load, latency, policy, stretched=True) > 1.0
                 and waiting > policy.overload_wait_share * usable_ms):
             raise Shed(
                 f"overloaded: {load.arrival_rate_per_s:.0f} images/s arrive, more than even {sparsest} can serve; "

@@ -272,5 +272,6 @@ def format_summary(summary: dict) -> str:
         f"latency ms p50 {ms(summary['p50_ms'])}  p90 {ms(summary['p90_ms'])}  "
         f"p99 {ms(summary['p99_ms'])}  max {ms(summary['max_ms'])}  (send lag p99 "
         f"{ms(summary['send_lag_p99_ms'])})",
-        f"levels served: {levels}",
+        f"levels served: {levels}"
+        + (f"  (generator CPU {summary['client_cpu_cores']:.2f} cores)" if "client_cpu_cores" in summary else ""),
     ])

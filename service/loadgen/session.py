@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,6 +56,7 @@ async def execute_async(run: LoadRun) -> tuple[list[Result], dict]:
     async with make_client(run.base_url, max_inflight=run.max_inflight, timeout_s=run.timeout_s) as client:
         await check_live(client)
         target = await prepare_target(client, run.target)
+        cpu_s, wall_s = time.process_time(), time.perf_counter()
         try:
             results = await run_open_loop(
                 client=client, target=target, arrivals_s=arrivals, dials=dials, scenario=run.scenario,
@@ -63,7 +65,11 @@ async def execute_async(run: LoadRun) -> tuple[list[Result], dict]:
             )
         finally:
             bar.close()
+        cpu_s, wall_s = time.process_time() - cpu_s, time.perf_counter() - wall_s
     summary = summarize(results, duration_s=run.profile.duration_s)
+    # What the generator itself took of the machine: on a machine it shares with the server,
+    # every core it uses is one the server does not have.
+    summary["client_cpu_cores"] = cpu_s / wall_s if wall_s > 0 else float("nan")
     summary["nominal_rps"] = run.profile.expected_count / run.profile.duration_s
     return results, summary
 

@@ -18,13 +18,16 @@ def test_targets_pass_and_fail():
     rows = [row("adaptive", 2.0, goodput=40, attainment=0.995, shed=0.03, dense_frac=0.1),
             row("fixed:dense", 2.0, goodput=20, attainment=0.4, shed=0.0, dense_frac=1.0),
             row("adaptive", 0.5, goodput=10, attainment=1.0, shed=0.0, dense_frac=0.9),
-            row("adaptive", 3.0, goodput=45, attainment=0.93, shed=0.5, dense_frac=0.0)]
-    checks = {c["target"]: c for c in check_targets(rows, ["adaptive", "fixed:dense"])}
+            row("adaptive", 3.0, goodput=45, attainment=0.93, shed=0.5, dense_frac=0.0),
+            row("fixed:l040", 2.0, goodput=36, attainment=1.0, shed=0.1, dense_frac=0.0)]
+    checks = {c["target"]: c for c in check_targets(rows, ["adaptive", "fixed:dense", "fixed:l040"])}
     assert checks["adaptive at 2x: deadline met for admitted >= 0.99"]["pass"]
     assert checks["adaptive at 2x: shed fraction <= 0.05"]["pass"]
     assert checks["adaptive / fixed-dense goodput at 2x >= 1.8"]["value"] == 2.0
     dense = checks["adaptive at 0.5x: dense fraction >= 0.95"]
     assert dense["value"] == 0.9 and not dense["pass"]
+    reference = checks["(reference) fixed:l040 / fixed-dense goodput at 2x"]
+    assert reference["value"] == 1.8 and reference["pass"] is None
     burst = checks["adaptive at 3x: deadline met for admitted >= 0.95"]
     assert burst["value"] == 0.93 and not burst["pass"]
 

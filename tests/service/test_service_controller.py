@@ -287,3 +287,10 @@ def test_overload_share_one_is_off_and_completion_scale_counts_in_capacity():
     with pytest.raises(Shed, match="overloaded"):
         choose_level(Dial(), LoadSnapshot(busy_ms=560.0, arrival_rate_per_s=150.0, completion_scale=1.3), LAT,
                      levels=LEVELS, policy=POLICY)
+
+
+def test_completion_scale_does_not_push_a_light_load_off_dense():
+    # 80/s keeps dense (820 ms/s); a completion scale of 2 (short waits at light load are
+    # dominated by fixed costs) must not make the rate rule skip it.
+    load = LoadSnapshot(arrival_rate_per_s=80.0, completion_scale=2.0)
+    assert choose_level(Dial(), load, LAT, levels=LEVELS, policy=POLICY).level == "dense"
