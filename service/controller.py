@@ -38,8 +38,9 @@ Rules, in order:
    work may fill at most SAIT_OVERLOAD_WAIT_SHARE of the usable budget; past it the request
    is shed. The excess must be shed anyway, and a standing queue buys no throughput (the
    batches are full either way): a queue kept short leaves the rest of the budget as slack
-   for the prediction error, which under overload is largest (measured at 3x on the 2-core
-   CPU: with the queue at the deadline, 5-8 % of the admitted requests finished late).
+   for the prediction error, which under overload is largest (overload run of 22:49 UTC in
+   docs/loadtest.md's history: with the queue at the deadline, 7-8 % of the admitted requests
+   finished late at 2x-3x on the server's own clock).
 """
 from __future__ import annotations
 
