@@ -55,6 +55,7 @@ class Result:
     server_total_ms: float = math.nan
     predicted_ms: float = math.nan
     top1: int = -1
+    batch_size: int = 0  # images in the server batch that computed it; 0 when not reported
     error: str = ""
 
     @property
@@ -77,6 +78,7 @@ class ServerInfo:
     total_ms: float = math.nan
     predicted_ms: float = math.nan
     top1: int = -1
+    batch_size: int = 0
     extra: dict = field(default_factory=dict)
 
 
@@ -107,6 +109,7 @@ def read_server_info(doc: dict) -> ServerInfo:
     """
     timing = doc.get("timing") if isinstance(doc.get("timing"), dict) else doc
     met = doc.get("deadline_met")
+    batch = doc.get("batch_size")
     top1 = -1
     preds = doc.get("predictions") or doc.get("top_k") or []
     if isinstance(preds, list) and preds and isinstance(preds[0], dict):
@@ -120,6 +123,7 @@ def read_server_info(doc: dict) -> ServerInfo:
         total_ms=_float(timing.get("total_ms")),
         predicted_ms=_float(timing.get("predicted_ms")),
         top1=top1,
+        batch_size=int(batch) if isinstance(batch, (int, float)) and not isinstance(batch, bool) else 0,
     )
 
 
@@ -265,7 +269,7 @@ async def send(client: HttpClient, target: Target, dials: Dials, payload: Payloa
             result.level, result.server_deadline_met = info.level, info.deadline_met
             result.queue_ms, result.compute_ms = info.queue_ms, info.compute_ms
             result.server_total_ms, result.top1 = info.total_ms, info.top1
-            result.predicted_ms = info.predicted_ms
+            result.predicted_ms, result.batch_size = info.predicted_ms, info.batch_size
         else:
             result.error = _error_text(response)
     except httpx.TimeoutException:

@@ -290,8 +290,8 @@ def markdown(doc: dict, plot_path: Path, docs_path: Path | None) -> str:
         f"Command: `flock /tmp/sait-bench.lock {doc['command']}`",
         "",
         "| policy | load | offered/s | goodput/s | attainment | shed | expired | p50 ms | p99 ms | p99 in server ms "
-        "| client lag p99 ms | client CPU cores | levels served | top-1 (card) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mean batch | client lag p99 ms | client CPU cores | levels served | top-1 (card) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["rows"]:
         levels = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["level_fractions"].items()) or "-"
@@ -299,7 +299,7 @@ def markdown(doc: dict, plot_path: Path, docs_path: Path | None) -> str:
             f"| {r['policy']} | {r['load_x']:g}x | {r['offered_rps']:.1f} | {r['goodput_rps']:.1f} | "
             f"{_num(100 * r['attainment'] if r['attainment'] == r['attainment'] else math.nan, '.1f')}% | "
             f"{_num(100 * r['shed_fraction'], '.1f')}% | {r['expired']} | {_num(r['p50_ms'], '.0f')} | "
-            f"{_num(r['p99_ms'], '.0f')} | {_num(r.get('server_p99_ms'), '.0f')} | "
+            f"{_num(r['p99_ms'], '.0f')} | {_num(r.get('server_p99_ms'), '.0f')} | {_num(r.get('mean_batch'), '.1f')} | "
             f"{_num(r.get('send_lag_p99_ms'), '.0f')} | {_num(r.get('client_cpu_cores'), '.2f')} | {levels} | "
             f"{_top1(r['served_top1'])} |"
         )

@@ -36,6 +36,18 @@ def latency_stats(latencies_ms: Sequence[float]) -> dict:
     return stats
 
 
+def mean_batch(results: Sequence[Result]) -> float:
+    """Mean size of the server batches that computed these requests (NaN when none reported).
+
+    Each request reports the size b of its batch, so a batch of b single-image requests shows
+    up b times: the count over the sum of 1/b is the mean per batch, not per request. Under
+    overload it says whether the batcher kept its batches full (small batches cost up to
+    three times as much per image on a CPU).
+    """
+    sizes = [r.batch_size for r in results if r.outcome == "ok" and r.batch_size > 0]
+    return len(sizes) / sum(1.0 / b for b in sizes) if sizes else math.nan
+
+
 def summarize(results: Sequence[Result], *, duration_s: float, offered_rps: float | None = None) -> dict:
     """Headline numbers of one run.
 
@@ -88,6 +100,8 @@ def summarize(results: Sequence[Result], *, duration_s: float, offered_rps: floa
         **{f"outside_{k}": v for k, v in latency_stats([r.latency_ms - r.server_total_ms for r in ok]).items()},
         "levels": dict(sorted(levels.items())),
         "level_fractions": {k: v / len(ok) for k, v in sorted(levels.items())} if ok else {},
+        "mean_batch": mean_batch(ok),
+        "mean_batch_by_level": {lv: mean_batch([r for r in ok if (r.level or "unknown") == lv]) for lv in sorted(levels)},
         "send_lag_p99_ms": _pct(lags, 99),
         "send_lag_max_ms": float(lags.max()) if len(lags) else math.nan,
         "per_class": per_class,
@@ -124,6 +138,7 @@ def time_series(results: Sequence[Result], *, window_s: float) -> list[dict]:
             "goodput_rps": sum(r.deadline_met for r in rs) / window_s,
             **{o: counts[o] for o in OUTCOMES},
             **latency_stats([r.latency_ms for r in ok]),
+            "mean_batch": mean_batch(ok),
             "levels": dict(Counter(r.level or "unknown" for r in ok)),
         }
         rows.append(row)
@@ -257,6 +272,11 @@ def write_run(out_dir: Path, results: Sequence[Result], summary: dict, *, window
     return paths
 
 
+def _mean_batch_text(summary: dict) -> str:
+    mean = summary.get("mean_batch", math.nan)
+    return "n/a" if mean != mean else f"{mean:.1f}"
+
+
 def format_summary(summary: dict) -> str:
     """A few readable lines for the terminal."""
     pct = lambda x: "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"  # noqa: E731
@@ -272,6 +292,6 @@ def format_summary(summary: dict) -> str:
         f"latency ms p50 {ms(summary['p50_ms'])}  p90 {ms(summary['p90_ms'])}  "
         f"p99 {ms(summary['p99_ms'])}  max {ms(summary['max_ms'])}  (send lag p99 "
         f"{ms(summary['send_lag_p99_ms'])})",
-        f"levels served: {levels}"
+        f"levels served: {levels}  mean batch {_mean_batch_text(summary)}"
         + (f"  (generator CPU {summary['client_cpu_cores']:.2f} cores)" if "client_cpu_cores" in summary else ""),
     ])

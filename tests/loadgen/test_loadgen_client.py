@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service.loadgen.client import (
-    HEADER_LENGTH, Result, Target, discover_v2_io, outcome_for_status, send, v1_request, v2_request,
+    HEADER_LENGTH, Result, Target, discover_v2_io, outcome_for_status, read_server_info, send, v1_request, v2_request,
 )
 from service.loadgen.payloads import synthetic
 from service.loadgen.scenario import Dials
@@ -73,11 +73,11 @@ def test_send_reads_native_response_fields():
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.params["top_k"] == "3"
         return httpx.Response(200, json={"level": "l070", "deadline_met": True, "queue_ms": 2.5,
-                                         "compute_ms": 7.0, "total_ms": 11.0,
+                                         "compute_ms": 7.0, "total_ms": 11.0, "batch_size": 12,
                                          "predictions": [{"index": 42, "score": 0.9}]})
     r = run_send(handler, Target(api="v1"), Dials(top_k=3))
     assert (r.outcome, r.status, r.level, r.server_deadline_met, r.top1) == ("ok", 200, "l070", True, 42)
-    assert (r.queue_ms, r.compute_ms, r.server_total_ms) == (2.5, 7.0, 11.0)
+    assert (r.queue_ms, r.compute_ms, r.server_total_ms, r.batch_size) == (2.5, 7.0, 11.0, 12)
     assert 0 <= r.latency_ms < 1000 and r.deadline_met
 
 
@@ -85,11 +85,17 @@ def test_send_reads_v2_parameters_and_json_outputs():
     def handler(request: httpx.Request) -> httpx.Response:
         header, _ = split_v2(request.content, request.headers)
         assert header["inputs"][0]["datatype"] == "UINT8"
-        doc = {"model_name": "m", "parameters": {"level": "l050", "deadline_met": False},
+        doc = {"model_name": "m", "parameters": {"level": "l050", "deadline_met": False, "batch_size": 5},
                "outputs": [{"name": "topk_indices", "shape": [1, 1], "datatype": "INT64", "data": [7]}]}
         return httpx.Response(200, json=doc)
     r = run_send(handler, Target(api="v2", kind="uint8", model="m"))
-    assert (r.outcome, r.level, r.server_deadline_met, r.top1) == ("ok", "l050", False, 7)
+    assert (r.outcome, r.level, r.server_deadline_met, r.top1, r.batch_size) == ("ok", "l050", False, 7, 5)
+
+
+def test_batch_size_absent_or_malformed_reads_as_unknown():
+    for value in (None, "12", True):
+        info = read_server_info({"level": "dense", "batch_size": value})
+        assert info.batch_size == 0, value
 
 
 def test_send_records_shed_and_transport_errors_without_raising():

@@ -35,6 +35,7 @@ def test_short_open_loop_run(server, api, payload, tmp_path):
     assert summary["error"] == 0 and summary["unsent"] == 0
     assert sum(summary["levels"].values()) == 40 and "unknown" not in summary["levels"]
     assert summary["p50_ms"] > 0 and summary["attainment"] == 1.0
+    assert summary["mean_batch"] >= 1.0  # both APIs report the batch each request ran in
     assert (out / "latency.png").stat().st_size > 1000
     assert len((out / "results.csv").read_text().splitlines()) == 41
     steps = json.loads((out / "segments.json").read_text())["segments"]

@@ -35,6 +35,19 @@ def test_summary_counts_and_rates():
     assert s["p50_ms"] == 55.0  # ok latencies 10..90 and 150: median of 50 and 60
 
 
+def test_mean_batch_is_per_batch_not_per_request():
+    # One batch of 4 (its 4 requests each report 4) and two batches of 1: 6 images, 3 batches.
+    sizes = [4, 4, 4, 4, 1, 1]
+    rs = [make(i, "ok", 10.0, "l050" if b == 4 else "dense") for i, b in enumerate(sizes)]
+    for r, b in zip(rs, sizes):
+        r.batch_size = b
+    rs.append(make(6, "shed"))  # not computed: no batch
+    s = summarize(rs, duration_s=1.0)
+    assert s["mean_batch"] == 2.0
+    assert s["mean_batch_by_level"] == {"dense": 1.0, "l050": 4.0}
+    assert math.isnan(summarize(RESULTS, duration_s=2.0)["mean_batch"])  # servers that do not say
+
+
 def test_time_series_bins_by_schedule():
     rows = time_series(RESULTS, window_s=1.0)
     assert [r["t_s"] for r in rows] == [0.0, 1.0]
