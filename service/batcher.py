@@ -3,9 +3,14 @@
 The event loop `put`s admitted images; the worker thread takes batches with `next_batch`.
 A batch is formed at the level whose queue holds the earliest deadline, from that queue's
 earliest deadlines, up to the max batch size, and no larger than lets its predicted compute
-end before the deadlines it delays (late arrivals must not slow an admitted request down). A batch that is not full may wait for more
-images, but at most the max queue delay after its oldest image arrived, and never past the
-latest moment its most urgent image can still start (deadline - predicted compute). Images
+end before the deadlines it delays (late arrivals must not slow an admitted request down).
+Growing a batch must not spend the controller's safety margin either: it is there for
+prediction error, and a batch filled up to the very deadline turns any slower-than-predicted
+batch into late answers. So the bound is each image's `finish_by_s` (deadline less the
+margin) while a batch of one could still meet it, else the deadline itself. A batch that is
+not full may wait for more images, but at most the max queue delay after its oldest image
+arrived, and never past the latest moment its most urgent image can still start
+(finish_by - predicted compute). Images
 whose deadline has passed, or that could not finish before it even in a batch of one, are
 handed back as `expired` (answered 504) and never computed.
 """
@@ -39,6 +44,8 @@ class WorkItem:
         enqueued_s: when it entered the queue (set by `put`).
         priority: Triton priority (1 highest, 0 default); breaks ties between equal deadlines.
         on_done: called once from the worker thread with an ItemResult or a ServiceError.
+        finish_by_s: when it should be done to keep the controller's safety margin (None: the
+            deadline); later arrivals may grow its batch only up to here.
     """
 
     image: torch.Tensor
@@ -47,6 +54,7 @@ class WorkItem:
     on_done: Callable[[object], None]
     priority: int = 0
     enqueued_s: float = 0.0
+    finish_by_s: float | None = None
     seq: int = field(default=0)
 
     def sort_key(self) -> tuple:
@@ -184,23 +192,36 @@ class Batcher:
             head = queue[0][1]
             # Waiting longer would leave the most urgent image too little time to compute (less
             # a guard for the thread's wake-up delay, so that it does not wake up doomed).
-            until = min(until, head.deadline_s - self.latency.predict_ms(level, n) / 1e3 - _WAKE_GUARD_S)
+            until = min(until, _finish_by(head) - self.latency.predict_ms(level, n) / 1e3 - _WAKE_GUARD_S)
         return until
+
+    def _finish_limit_s(self, item: WorkItem, level: str, now: float) -> float:
+        """When a batch holding `item` must end: its finish_by while a batch of one still makes
+        that, else (prediction error has already spent the margin) its deadline."""
+        finish_by = _finish_by(item)
+        if now + self.latency.predict_ms(level, 1) / 1e3 <= finish_by:
+            return finish_by
+        return item.deadline_s
 
     def _take(self, level: str, queue: list, now: float) -> list[WorkItem]:
         """The most urgent images of `level`, as many as fit before the deadlines they delay.
 
         Images that arrived after a request was admitted must not make its batch (or the
         batch it waits behind) slower than the controller predicted: the batch shrinks until
-        its predicted compute ends before its most urgent deadline and leaves the most
-        urgent image of every other queue time for a batch of its own.
+        its predicted compute ends before its most urgent image's limit (`_finish_limit_s`)
+        and leaves the most urgent image of every other queue time for a batch of its own.
         """
         n = min(len(queue), self.max_batch_size)
         if self.latency is not None and n > 1:
-            bound = queue[0][1].deadline_s
+            bound = self._finish_limit_s(queue[0][1], level, now)
             for other, q in self._queues.items():
                 if other != level and q:
-                    bound = min(bound, q[0][1].deadline_s - self.latency.predict_ms(other, 1) / 1e3)
+                    alone_s = self.latency.predict_ms(other, 1) / 1e3
+                    bound = min(bound, self._finish_limit_s(q[0][1], other, now) - alone_s)
             while n > 1 and now + self.latency.predict_ms(level, n) / 1e3 > bound:
                 n -= 1
         return [heapq.heappop(queue)[1] for _ in range(n)]
+
+
+def _finish_by(item: WorkItem) -> float:
+    return item.deadline_s if item.finish_by_s is None else item.finish_by_s

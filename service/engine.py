@@ -247,9 +247,11 @@ class Engine:
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in images]
         deadline_s = arrival_s + decision.budget_ms / 1e3
+        # The margin the controller kept for prediction error: later arrivals must not fill it.
+        finish_by_s = arrival_s + decision.budget_ms * (1.0 - self.policy.safety_margin) / 1e3
         items = [
             WorkItem(image=img, level=decision.level, deadline_s=deadline_s, priority=params.priority,
-                     on_done=_resolver(loop, fut))
+                     finish_by_s=finish_by_s, on_done=_resolver(loop, fut))
             for img, fut in zip(images, futures)
         ]
         self.batcher.put(items)

@@ -202,6 +202,27 @@ def test_failing_batch_fails_only_its_requests_and_the_worker_lives_on():
     assert worker.batches_failed == 1 and worker.batches_run == 1
 
 
+def test_late_arrivals_do_not_spend_the_safety_margin():
+    class PerImage:
+        def predict_ms(self, level, n):
+            return 100.0 * n
+
+    def batch_size(finish_in_s: float, deadline_in_s: float) -> int:
+        b = Batcher(levels=("dense",), max_batch_size=8, max_queue_delay_ms=0, latency=PerImage())
+        now = time.perf_counter()
+        head = item("dense", now + deadline_in_s, [])
+        head.finish_by_s = now + finish_in_s
+        b.put([head] + [item("dense", now + 5, []) for _ in range(7)])
+        return len(b.next_batch(timeout_s=1).items)
+
+    # 3 x 100 ms ends before the head's finish-by (350 ms); 5 would fit its deadline (550 ms),
+    # leaving nothing for a batch that runs slower than predicted.
+    assert batch_size(0.35, 0.55) == 3
+    # Once not even a batch of one can keep the margin, the deadline bounds the batch.
+    assert batch_size(0.05, 0.45) == 4
+    assert batch_size(0.55, 0.55) == 5  # no margin asked for: the deadline, as before
+
+
 def test_an_image_that_cannot_make_its_deadline_even_alone_is_expired_not_computed():
     class PerImage:
         def predict_ms(self, level, n):
