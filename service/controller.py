@@ -155,7 +155,7 @@ class Policy:
     min_speedup: float = 1.2
     rungs: tuple[str, ...] | None = None
     max_utilization: float = 0.85
-    overload_wait_share: float = 0.8
+    overload_wait_share: float = 0.6
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ class Settings(BaseSettings):
                                 "before the densest level is skipped (1: off)")
     max_utilization: float = Field(0.85, gt=0, le=1, description="share of a level's full-batch capacity the "
                                    "arrival rate may take before the controller serves a sparser rung")
-    overload_wait_share: float = Field(0.8, gt=0, le=1, description="when even the sparsest level cannot keep "
+    overload_wait_share: float = Field(0.6, gt=0, le=1, description="when even the sparsest level cannot keep "
                                        "up, share of the usable budget queued work may fill before shedding (1: off)")
     max_body_bytes: int = Field(20_971_520, ge=1024, description="larger bodies get 413")
     max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard")

@@ -48,17 +48,20 @@ class ServerProcess:
         python: interpreter to run (this one by default).
         ready_timeout_s: how long start-up (model load, warm-up, profiling) may take.
         log_path: where the server's stdout/stderr go (a temp file by default).
+        root: the checkout to run the server from (this one by default; another worktree
+            compares code versions side by side).
     """
 
     def __init__(self, *, settings: dict[str, str] | None = None, port: int | None = None,
                  python: str | None = None, ready_timeout_s: float = 300.0,
-                 log_path: Path | None = None) -> None:
+                 log_path: Path | None = None, root: Path | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.settings = dict(settings or {})
         self.python = python or sys.executable
         self.ready_timeout_s = ready_timeout_s
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="sait-server-", suffix=".log")[1])
+        self.root = Path(root) if root is not None else REPO_ROOT
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -78,7 +81,7 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         log = self.log_path.open("wb")
-        self.proc = subprocess.Popen([self.python, "-m", "service"], cwd=REPO_ROOT, env=self.env(),
+        self.proc = subprocess.Popen([self.python, "-m", "service"], cwd=self.root, env=self.env(),
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.monotonic() + self.ready_timeout_s
