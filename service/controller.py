@@ -35,12 +35,15 @@ Rules, in order:
    rule serves a steady overload at the level that keeps up with it; the queue rule still
    answers the bursts on top.
 7. Overload: when the arrival rate exceeds even the sparsest rung's capacity, the waiting
-   work may fill at most SAIT_OVERLOAD_WAIT_SHARE of the usable budget; past it the request
-   is shed. The excess must be shed anyway, and a standing queue buys no throughput (the
-   batches are full either way): a queue kept short leaves the rest of the budget as slack
-   for the prediction error, which under overload is largest (overload run of 22:49 UTC in
-   docs/loadtest.md's history: with the queue at the deadline, 7-8 % of the admitted requests
-   finished late at 2x-3x on the server's own clock).
+   work may fill only part of the usable budget; past it the request is shed. The part
+   shrinks from all of it at that capacity to SAIT_OVERLOAD_WAIT_SHARE at OVERLOAD_FULL_AT
+   times it (`overload_wait_share`). Far past capacity the excess must be shed anyway, and a
+   standing queue buys no throughput: a short queue leaves the rest of the budget as slack
+   for the prediction error, which under overload is largest (with the queue at the
+   deadline, 7-8 % of admitted requests finished late at 2x-3x in the 22:49 UTC overload run,
+   docs/loadtest.md's history). Just past capacity, a deep queue absorbs the bursts of random
+   arrivals, which average out, and a short one would shed them (docs/loadtest.md, "Comparing
+   server variants").
 """
 from __future__ import annotations
 
@@ -52,6 +55,10 @@ from typing import Protocol
 from service.errors import BadRequest, Shed
 
 REASONS = ("budget", "density", "accuracy", "policy")
+
+# Arrivals at this multiple of the sparsest rung's capacity get the full overload queue limit
+# (SAIT_OVERLOAD_WAIT_SHARE); between 1x and here the limit tightens linearly from none.
+OVERLOAD_FULL_AT = 1.5
 
 
 class LatencyPredictor(Protocol):
@@ -276,6 +283,21 @@ def utilization(level: str, load: LoadSnapshot, latency: LatencyPredictor, polic
     return load.arrival_rate_per_s * per_image_ms / 1e3
 
 
+def overload_wait_share(utilization_of_sparsest: float, policy: Policy) -> float:
+    """The share of the usable budget the waiting work may fill, given the sparsest rung's utilization.
+
+    No limit (1) while the sparsest rung keeps up; from there it tightens linearly to
+    SAIT_OVERLOAD_WAIT_SHARE at OVERLOAD_FULL_AT times that rung's capacity. Just past
+    capacity a queue as deep as the deadline allows absorbs the bursts of random arrivals,
+    which a short queue would shed although they average out; far past it the excess must be
+    shed anyway, and a short queue keeps slack for the prediction error instead.
+    """
+    excess = (utilization_of_sparsest - 1.0) / (OVERLOAD_FULL_AT - 1.0)
+    if excess <= 0.0:
+        return 1.0
+    return 1.0 - (1.0 - policy.overload_wait_share) * min(excess, 1.0)
+
+
 def predicted_completion_ms(level: str, images: int, load: LoadSnapshot, latency: LatencyPredictor,
                             policy: Policy) -> float:
     """When a request of `images` joining `level`'s queue now is predicted to finish (ms from now)."""
@@ -330,11 +352,11 @@ def choose_level(dial: Dial, load: LoadSnapshot, latency: LatencyPredictor, *, l
         rungs = keeps_up(ladder(order, latency, policy), load, latency, policy)
         waiting = waiting_ms(load, latency, policy)
         sparsest = rungs[-1][0].name
-        if (utilization(sparsest, load, latency, policy, stretched=True) > 1.0
-                and waiting > policy.overload_wait_share * usable_ms):
+        share = overload_wait_share(utilization(sparsest, load, latency, policy, stretched=True), policy)
+        if share < 1.0 and waiting > share * usable_ms:
             raise Shed(
                 f"overloaded: {load.arrival_rate_per_s:.0f} images/s arrive, more than even {sparsest} can serve; "
-                f"the queue is kept under {policy.overload_wait_share:g} of the budget (SAIT_OVERLOAD_WAIT_SHARE)",
+                f"the queue is kept under {share:.2g} of the budget (SAIT_OVERLOAD_WAIT_SHARE)",
                 retry_after_s=waiting / 1e3)
         # The sparsest rung has share 1: it always stays, and only the deadline can refuse it.
         rungs = [(lv, share) for lv, share in rungs if waiting <= share * usable_ms] or rungs[-1:]

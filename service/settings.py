@@ -43,8 +43,9 @@ class Settings(BaseSettings):
                                 "before the densest level is skipped (1: off)")
     max_utilization: float = Field(0.85, gt=0, le=1, description="share of a level's full-batch capacity the "
                                    "arrival rate may take before the controller serves a sparser rung")
-    overload_wait_share: float = Field(0.6, gt=0, le=1, description="when even the sparsest level cannot keep "
-                                       "up, share of the usable budget queued work may fill before shedding (1: off)")
+    overload_wait_share: float = Field(0.6, gt=0, le=1, description="when arrivals reach 1.5x the sparsest "
+                                       "level's capacity, share of the usable budget queued work may fill before "
+                                       "shedding; from 1x to 1.5x it tightens from 1 to this (1: off)")
     max_body_bytes: int = Field(20_971_520, ge=1024, description="larger bodies get 413")
     max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto, fp32, bf16, fp16")

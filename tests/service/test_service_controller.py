@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from service.controller import (
-    Dial, LevelInfo, LoadSnapshot, Policy, choose_level, ladder, predicted_completion_ms, resolve_density, waiting_ms,
+    Dial, LevelInfo, LoadSnapshot, Policy, choose_level, ladder, overload_wait_share, predicted_completion_ms,
+    resolve_density, waiting_ms,
 )
 from service.errors import BadRequest, Shed
 
@@ -257,12 +258,21 @@ def test_rate_rule_leaves_pins_alone_and_follows_max_utilization():
 
 # Overload: l050 serves 850/5.25 = 162 images/s at 0.85 utilization and 190.5 at 1.0; past that
 # the waiting work may fill only 0.8 of the usable 900 ms (720 ms) before requests are shed.
+# l050, the sparsest, serves 8 / (2 + 5 * 8) ms = 190 images/s in full batches; usable budget 900 ms.
 OVERLOAD = [
     ("190/s (l050 at 0.998): not overloaded, the deadline alone limits", 190.0, 800.0, "l050"),
-    ("200/s, 700 ms waiting: under 720, served at the sparsest", 200.0, 700.0, "l050"),
-    ("200/s, 721 ms waiting: past 0.8 of the budget, shed", 200.0, 721.0, Shed),
+    ("300/s (1.58x l050): the full limit, 530 ms waiting is under 0.6 x 900", 300.0, 530.0, "l050"),
+    ("300/s: 541 ms waiting is past 0.6 of the budget, shed", 300.0, 541.0, Shed),
+    ("210/s (1.105x): the limit tightened a fifth of the way, to 0.92 x 900 = 828 ms", 210.0, 820.0, "l050"),
+    ("210/s: 835 ms waiting is past 828 ms, shed", 210.0, 835.0, Shed),
     ("no rate known: only the deadline limits", 0.0, 800.0, "l050"),
 ]
+
+
+def test_overload_limit_tightens_with_the_excess():
+    assert overload_wait_share(0.5, POLICY) == 1.0 and overload_wait_share(1.0, POLICY) == 1.0
+    assert overload_wait_share(1.25, POLICY) == pytest.approx(0.8)  # half way to 1.5x: half of 1 - 0.6
+    assert overload_wait_share(1.5, POLICY) == pytest.approx(0.6) and overload_wait_share(3.0, POLICY) == pytest.approx(0.6)
 
 
 @pytest.mark.parametrize("case,rate,busy,expected", OVERLOAD, ids=[c[0] for c in OVERLOAD])
@@ -280,12 +290,12 @@ def test_overload_share_one_is_off_and_completion_scale_counts_in_capacity():
     off = Policy(**{**POLICY.__dict__, "overload_wait_share": 1.0})
     assert choose_level(Dial(), LoadSnapshot(busy_ms=800.0, arrival_rate_per_s=200.0), LAT, levels=LEVELS,
                         policy=off).level == "l050"
-    # 150/s fits l050 (0.79 of its time); measured completions 1.3x the predictions make it 1.02:
-    # overloaded, so 728 ms of (stretched) waiting work sheds.
+    # 150/s fits l050 (0.79 of its time); measured completions 2x the predictions make it 1.58:
+    # overloaded, so 560 ms of waiting work, stretched to 1120, sheds (the limit is 0.6 x 900).
     assert choose_level(Dial(), LoadSnapshot(busy_ms=560.0, arrival_rate_per_s=150.0), LAT, levels=LEVELS,
                         policy=POLICY).level == "l050"
     with pytest.raises(Shed, match="overloaded"):
-        choose_level(Dial(), LoadSnapshot(busy_ms=560.0, arrival_rate_per_s=150.0, completion_scale=1.3), LAT,
+        choose_level(Dial(), LoadSnapshot(busy_ms=560.0, arrival_rate_per_s=150.0, completion_scale=2.0), LAT,
                      levels=LEVELS, policy=POLICY)
 
 
