@@ -187,8 +187,8 @@ def markdown(doc: dict) -> str:
             means.append(_cell({k: statistics.fmean(r[k] for r in mine) for k in
                                 ("attainment", "shed_fraction", "goodput_rps", "mean_batch")} if mine else None))
         lines.append(f"| {load_x:g}x | **mean** | " + " | ".join(means) + " |")
+    lines.append("")
     for v in doc["variants"]:
-        lines.append("")
         lines.append(f"- `{v['name']}`: settings {v['settings'] or 'defaults'}"
                      + (f", server from `{v['root']}`" if v["root"] != str(REPO_ROOT) else ""))
     lines.append(END)

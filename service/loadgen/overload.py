@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='comma list; "sparsest" = fixed at the sparsest level the server offers')
     p.add_argument("--interleave", action="store_true",
                    help="run all policies' servers at once and alternate them at each load point")
+    p.add_argument("--recalibrate-s", type=float, default=0.0, metavar="SECONDS",
+                   help="with --interleave: re-measure the dense capacity for this long before each load "
+                        "(with the best client count) and offer that load relative to it (0: off)")
     p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                    help="extra SAIT_ setting for every server (e.g. MAX_BATCH_SIZE=16)")
     p.add_argument("--images", type=Path, default=None)
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     scenario = Scenario.single(Dials(name="budget", latency_budget_ms=args.budget_ms))
     bar = tqdm(unit="point", desc="overload sweep")
 
-    def point(server: ServerProcess, policy: str, i: int, load_x: float) -> dict:
+    def point(server: ServerProcess, policy: str, i: int, load_x: float, cap_rps: float) -> dict:
         run = LoadRun(base_url=server.url, target=target,
                       profile=RateProfile.constant(load_x * cap_rps, args.point_s),
                       scenario=scenario, payloads=payloads, seed=i, progress=False,
@@ -146,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         write_run(args.out / name, results, summary, window_s=1.0, title=f"{policy} at {load_x:g}x")
         bar.update(1)
         time.sleep(2.0)  # let the queue drain before the next point
-        return {"policy": policy, "load_x": load_x, **summary}
+        return {"policy": policy, "load_x": load_x, "capacity_rps": cap_rps, **summary}
 
     def sweep(server: ServerProcess, policy: str) -> list[dict]:
-        return [point(server, policy, i, load_x) for i, load_x in enumerate(loads)]
+        return [point(server, policy, i, load_x, cap_rps) for i, load_x in enumerate(loads)]
 
     # 1. On a fixed:dense server: the levels it offers and the dense capacity; then, when
     #    fixed:dense is one of the policies, its sweep on the same server (one start-up less).
@@ -180,7 +183,16 @@ def main(argv: list[str] | None = None) -> int:
                     ServerProcess(settings={**settings, "POLICY": p}, log_path=_log(args.out, p)))
                     for p in policies}
                 for i, load_x in enumerate(loads):
-                    rows += [point(servers[p], p, i, load_x) for p in policies]
+                    now_rps = cap_rps
+                    if args.recalibrate_s > 0 and capacity.get("measured"):
+                        # The host's speed drifts by up to 2x within a sweep: a capacity from
+                        # ten minutes ago can make "0.5x" a full load or "2x" a 4x one.
+                        time.sleep(2.0)  # the last point's queue drains first
+                        now_rps = measure_capacity(base_url=server.url, target=target, payloads=payloads,
+                                                   concurrency=capacity["concurrency"], duration_s=args.recalibrate_s,
+                                                   dials=Dials(name="capacity", latency_budget_ms=60_000.0)
+                                                   )["capacity_rps"]
+                    rows += [point(servers[p], p, i, load_x, now_rps) for p in policies]
         elif "fixed:dense" in policies:
             rows += sweep(server, "fixed:dense")
 
@@ -202,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": cpu_model(), "model": args.model, "api": args.api, "payload": args.payload, "budget_ms": args.budget_ms,
         "point_s": args.point_s, "capacity": capacity, "policies": policies, "settings": settings,
         "wall_s": time.time() - started, "rows": rows, "measured_utc": _utc(time.time()),
-        "interleave": args.interleave,
+        "interleave": args.interleave, "recalibrate_s": args.recalibrate_s if args.interleave else 0.0,
     }
     doc["targets"] = check_targets(rows, policies)
     write_json(args.out / "overload.json", doc)
@@ -255,6 +267,18 @@ def _check(name: str, value: float, op: str, bound: float) -> dict:
     return {"target": f"{name} {op} {bound:g}", "value": value, "pass": bool(ok)}
 
 
+def _recalibrated(doc: dict) -> str:
+    """The per-load capacities, when the sweep re-measured them."""
+    if not doc.get("recalibrate_s"):
+        return ""
+    per_load = {}
+    for r in doc["rows"]:
+        per_load.setdefault(r["load_x"], r.get("capacity_rps"))
+    caps = ", ".join(f"{x:g}x: {c:.1f}" for x, c in sorted(per_load.items()) if c is not None)
+    return (f", re-measured for {doc['recalibrate_s']:g} s before each load and the load offered "
+            f"relative to that ({caps} req/s)")
+
+
 def _trials(capacity: dict) -> str:
     trials = capacity.get("trials") or {}
     return ", ".join(f"{c}: {rps:.1f}/s" for c, rps in trials.items()) or "given"
@@ -285,7 +309,7 @@ def markdown(doc: dict, plot_path: Path, docs_path: Path | None) -> str:
         f"`latency_budget_ms={doc['budget_ms']:g}` and no density, {doc['point_s']:g} s of Poisson "
         f"arrivals per point, one server per policy{', policies interleaved per load' if doc.get('interleave') else ''} (settings {doc['settings']}). "
         f"Dense capacity (fixed:dense, best closed-loop throughput; clients: {_trials(doc['capacity'])}): "
-        f"**{cap:.1f} req/s**. Whole run {doc['wall_s'] / 60:.1f} min.",
+        f"**{cap:.1f} req/s**{_recalibrated(doc)}. Whole run {doc['wall_s'] / 60:.1f} min.",
         "",
         f"Command: `flock /tmp/sait-bench.lock {doc['command']}`",
         "",

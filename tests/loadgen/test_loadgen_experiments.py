@@ -1,6 +1,7 @@
 """Pure parts of the overload experiment and the soak: targets, drift, doc blocks."""
 
 import math
+from pathlib import Path
 
 from service.loadgen.client import Result
 from service.loadgen.docblock import replace_block
@@ -50,6 +51,21 @@ def test_markdown_table_and_block_replacement(tmp_path):
     assert "old" not in out and "](sweep.png)" in out
     replace_block(docs, text, begin=BEGIN, end=END)
     assert docs.read_text() == out  # idempotent
+
+
+def test_markdown_names_the_recalibrated_capacities():
+    results = [Result(index=i, cls="b", scheduled_s=i / 10, budget_ms=100, outcome="ok", latency_ms=20.0,
+                      level="dense") for i in range(10)]
+    s = summarize(results, duration_s=1.0)
+    rows = [{"policy": p, "load_x": x, "capacity_rps": c, "served_top1": 0.8, **s}
+            for x, c in ((0.5, 30.0), (2.0, 27.5)) for p in ("adaptive", "fixed:dense")]
+    doc = {"capacity": {"capacity_rps": 33.0}, "cpu": "Test CPU", "model": "m", "api": "v2", "budget_ms": 100,
+           "point_s": 1, "settings": {}, "wall_s": 60, "command": "python -m service.loadgen.overload",
+           "rows": rows, "targets": [], "interleave": True, "recalibrate_s": 8.0}
+    text = markdown(doc, Path("sweep.png"), None)
+    assert "**33.0 req/s**, re-measured for 8 s before each load" in text and "(0.5x: 30.0, 2x: 27.5 req/s)" in text
+    doc["recalibrate_s"] = 0.0
+    assert "re-measured" not in markdown(doc, Path("sweep.png"), None)
 
 
 def test_levels_found_in_config_and_card_accuracy():
