@@ -164,7 +164,14 @@ class Engine:
     def warm(self) -> None:
         """Warm up and profile every level on the worker thread, then serve; then the engine is ready."""
         start = time.perf_counter()
-        self.worker = InferenceWorker(runner=self.runner, on_batch=self._on_batch)
+        probe = None
+        if self.settings.idle_probe_s > 0:
+            # The sparsest level, the cheapest to time; a few images, so that the fixed cost
+            # of one launch does not stand for the whole batch.
+            sparsest = min(self.level_infos, key=lambda lv: lv.gflops_ratio).name
+            images = torch.zeros((min(4, self.settings.max_batch_size), *self.input_size), dtype=torch.uint8)
+            probe = (sparsest, images, self.settings.idle_probe_s)
+        self.worker = InferenceWorker(runner=self.runner, on_batch=self._on_batch, probe=probe)
         self.worker.start(prepare=self._prepare)
         self.worker.wait_prepared()
         self.latency, self.batcher = self.worker.latency, self.worker.batcher

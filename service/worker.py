@@ -48,14 +48,21 @@ class InferenceWorker:
         batcher: the queues (or None when `start(prepare)` builds them on the thread).
         latency: corrected online with each measured batch (or built by `prepare`).
         on_batch: called after every batch with (level, size, compute_s, queue_s list) for metrics.
+        probe: (level, uint8 input batch, idle seconds) — after that long without a batch the
+            worker runs this input once and folds its time into the latency model, so that a
+            machine that slowed down (or sped up) while the server was idle does not meet the
+            next burst with a stale prediction; None: never.
     """
 
     def __init__(self, *, runner, batcher: Batcher | None = None, latency: LatencyModel | None = None,
-                 on_batch=None):
+                 on_batch=None, probe: tuple[str, torch.Tensor, float] | None = None):
         self.runner = runner
         self.batcher = batcher
         self.latency = latency
         self.on_batch = on_batch
+        self.probe = probe
+        self._last_compute_s = time.perf_counter()
+        self.probes_run = 0
         self._busy: tuple[float, float] | None = None  # (start perf_counter, predicted s)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -117,8 +124,29 @@ class InferenceWorker:
             if batch is None:
                 if self._stop.is_set() and not any(self.batcher.snapshot().values()):
                     return
+                self._maybe_probe()
                 continue
             self._handle(batch)
+
+    def _maybe_probe(self) -> None:
+        """Time the probe input when idle for long enough (see `probe`); failures only log."""
+        if self.probe is None or self._stop.is_set():
+            return
+        level, x, idle_s = self.probe
+        start = time.perf_counter()
+        if start - self._last_compute_s < idle_s:
+            return
+        self._busy = (start, self.latency.predict_ms(level, len(x)) / 1e3)  # a request arriving now waits for it
+        try:
+            self.runner.run(level, x)
+        except Exception:
+            log.exception("idle probe at level %s failed", level)
+            return
+        finally:
+            self._busy = None
+            self._last_compute_s = time.perf_counter()
+        self.probes_run += 1
+        self.latency.observe(level, len(x), (self._last_compute_s - start) * 1e3)
 
     def _handle(self, batch: Batch) -> None:
         for item in batch.expired:
@@ -144,6 +172,7 @@ class InferenceWorker:
             return
         compute_s = time.perf_counter() - start
         self._busy = None
+        self._last_compute_s = time.perf_counter()
         self.batches_run += 1
         self.latency.observe(level, len(items), compute_s * 1e3)
         if self.on_batch is not None:

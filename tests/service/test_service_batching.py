@@ -202,6 +202,60 @@ def test_failing_batch_fails_only_its_requests_and_the_worker_lives_on():
     assert worker.batches_failed == 1 and worker.batches_run == 1
 
 
+class SlowRunner:
+    """Takes `ms` per call, or raises when `fail` is set."""
+
+    def __init__(self, ms: float, fail: bool = False):
+        self.ms, self.fail, self.calls = ms, fail, []
+
+    def run(self, level, x):
+        self.calls.append((level, len(x)))
+        if self.fail:
+            raise RuntimeError("probe input refused")
+        time.sleep(self.ms / 1e3)
+        return RunOutput(probs=torch.zeros(len(x), 2), topk_values=torch.zeros(len(x), 1),
+                         topk_indices=torch.zeros(len(x), 1, dtype=torch.long))
+
+
+def idle_worker(runner, probe):
+    lm = LatencyModel(profile_ms={"l040": {1: 5.0, 4: 10.0}}, max_batch_size=4)
+    b = Batcher(levels=("l040",), max_batch_size=4, max_queue_delay_ms=0, latency=lm)
+    worker = InferenceWorker(runner=runner, batcher=b, latency=lm, probe=probe)
+    worker.start()
+    return worker, b, lm
+
+
+def test_an_idle_worker_keeps_the_latency_model_current():
+    # The machine got 4x slower while nobody sent anything: the probe finds out before a burst does.
+    runner = SlowRunner(ms=40.0)
+    worker, b, lm = idle_worker(runner, ("l040", torch.zeros(4, 3, 8, 8, dtype=torch.uint8), 0.05))
+    deadline = time.monotonic() + 5
+    while worker.probes_run < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    b.close()
+    worker.stop(5)
+    assert worker.probes_run >= 3 and runner.calls[0] == ("l040", 4)
+    assert lm.predict_ms("l040", 4) > 2 * 10.0  # was 10 ms; measured about 40
+    assert worker.batches_run == 0  # probes are not batches (no metrics, no requests)
+
+
+def test_no_probe_without_one_and_a_failing_probe_only_logs():
+    runner = SlowRunner(ms=1.0)
+    worker, b, lm = idle_worker(runner, None)
+    time.sleep(0.3)
+    b.close()
+    worker.stop(5)
+    assert runner.calls == [] and lm.scale() == 1.0
+    broken = SlowRunner(ms=1.0, fail=True)
+    worker, b, lm = idle_worker(broken, ("l040", torch.zeros(4, 3, 8, 8, dtype=torch.uint8), 0.05))
+    deadline = time.monotonic() + 5
+    while len(broken.calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker.alive and worker.probes_run == 0 and lm.scale() == 1.0
+    b.close()
+    worker.stop(5)
+
+
 def test_late_arrivals_do_not_spend_the_safety_margin():
     class PerImage:
         def predict_ms(self, level, n):
