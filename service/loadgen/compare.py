@@ -30,14 +30,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from service.loadgen.arrivals import RateProfile
 from service.loadgen.client import Target
 from service.loadgen.docblock import cores, cpu_model, replace_block
 from service.loadgen.payloads import DEFAULT_IMAGE_DIR, PAYLOAD_KINDS, load_folder, synthetic
 from service.loadgen.report import write_json, write_run
-from service.loadgen.scenario import Dials, Scenario
 from service.loadgen.server import REPO_ROOT, ServerProcess
-from service.loadgen.session import LoadRun, execute, measure_capacity
+from service.loadgen.session import budget_point, measure_capacity
 
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
 
@@ -111,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     payloads = (load_folder(folder, kind=args.payload, limit=64) if folder.is_dir()
                 else synthetic(count=16, kind=args.payload))
     target = Target(api=args.api, kind=args.payload, model=args.model)
-    scenario = Scenario.single(Dials(name="budget", latency_budget_ms=args.budget_ms))
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     rows: list[dict] = []
@@ -122,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             dense = stack.enter_context(ServerProcess(settings={**base, "POLICY": "fixed:dense"},
                                                       log_path=args.out / "server-capacity.log"))
             cap_rps = max(measure_capacity(base_url=dense.url, target=target, payloads=payloads, concurrency=c,
-                                           duration_s=12.0, dials=Dials(name="capacity", latency_budget_ms=60_000.0))
+                                           duration_s=12.0)
                           ["capacity_rps"] for c in (32, 64))
         print(f"dense capacity {cap_rps:.1f} req/s", flush=True)
         servers = {v.name: stack.enter_context(ServerProcess(settings={**base, **v.settings}, root=v.root,
@@ -132,11 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.reps):
             for load_x in loads:
                 for v in variants:
-                    run = LoadRun(base_url=servers[v.name].url, target=target,
-                                  profile=RateProfile.constant(load_x * cap_rps, args.point_s), scenario=scenario,
-                                  payloads=payloads, seed=rep, progress=False,
-                                  timeout_s=max(30.0, 10 * args.budget_ms / 1e3))
-                    results, summary = execute(run)
+                    results, summary = budget_point(base_url=servers[v.name].url, target=target,
+                                                    rate_rps=load_x * cap_rps, duration_s=args.point_s,
+                                                    budget_ms=args.budget_ms, payloads=payloads, seed=rep)
                     write_run(args.out / f"{v.name}-{load_x:g}x-{rep}", results, summary, window_s=1.0,
                               title=f"{v.name} at {load_x:g}x, turn {rep + 1}")
                     rows.append({"variant": v.name, "load_x": load_x, "rep": rep, **summary})

@@ -21,14 +21,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from service.loadgen.arrivals import RateProfile
 from service.loadgen.client import Target
 from service.loadgen.docblock import cores, cpu_model, relpath, replace_block
 from service.loadgen.payloads import DEFAULT_IMAGE_DIR, PAYLOAD_KINDS, load_folder, synthetic
 from service.loadgen.report import plot_sweep, write_json, write_run
-from service.loadgen.scenario import Dials, Scenario
 from service.loadgen.server import ServerProcess
-from service.loadgen.session import LoadRun, execute, measure_capacity
+from service.loadgen.session import budget_point, measure_capacity
 
 BEGIN, END = "<!-- overload:begin -->", "<!-- overload:end -->"
 
@@ -136,15 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    scenario = Scenario.single(Dials(name="budget", latency_budget_ms=args.budget_ms))
     bar = tqdm(unit="point", desc="overload sweep")
 
     def point(server: ServerProcess, policy: str, i: int, load_x: float, cap_rps: float) -> dict:
-        run = LoadRun(base_url=server.url, target=target,
-                      profile=RateProfile.constant(load_x * cap_rps, args.point_s),
-                      scenario=scenario, payloads=payloads, seed=i, progress=False,
-                      timeout_s=max(30.0, 10 * args.budget_ms / 1e3))
-        results, summary = execute(run)
+        results, summary = budget_point(base_url=server.url, target=target, rate_rps=load_x * cap_rps,
+                                        duration_s=args.point_s, budget_ms=args.budget_ms, payloads=payloads, seed=i)
         name = f"{policy.replace(':', '_')}-{load_x:g}x"
         write_run(args.out / name, results, summary, window_s=1.0, title=f"{policy} at {load_x:g}x")
         bar.update(1)
@@ -166,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             # The best closed-loop throughput over a few client counts: on a CPU a large batch
             # is not always the fastest per image, so one concurrency could understate it.
             trials = [measure_capacity(base_url=server.url, target=target, payloads=payloads, concurrency=c,
-                                       duration_s=args.capacity_s,
-                                       dials=Dials(name="capacity", latency_budget_ms=60_000.0))
+                                       duration_s=args.capacity_s)
                       for c in concurrencies]
             capacity = {**max(trials, key=lambda t: t["capacity_rps"]), "measured": True,
                         "trials": {t["concurrency"]: t["capacity_rps"] for t in trials}}
@@ -189,9 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                         # ten minutes ago can make "0.5x" a full load or "2x" a 4x one.
                         time.sleep(2.0)  # the last point's queue drains first
                         now_rps = measure_capacity(base_url=server.url, target=target, payloads=payloads,
-                                                   concurrency=capacity["concurrency"], duration_s=args.recalibrate_s,
-                                                   dials=Dials(name="capacity", latency_budget_ms=60_000.0)
-                                                   )["capacity_rps"]
+                                                   concurrency=capacity["concurrency"],
+                                                   duration_s=args.recalibrate_s)["capacity_rps"]
                     rows += [point(servers[p], p, i, load_x, now_rps) for p in policies]
         elif "fixed:dense" in policies:
             rows += sweep(server, "fixed:dense")

@@ -90,13 +90,24 @@ def execute(run: LoadRun) -> tuple[list[Result], dict]:
     return run_async(execute_async(run))
 
 
+def budget_point(*, base_url: str, target: Target, rate_rps: float, duration_s: float, budget_ms: float,
+                 payloads: Sequence[Payload], seed: int) -> tuple[list[Result], dict]:
+    """One point of an overload sweep: Poisson arrivals at a constant rate, every request with
+    the same budget and no density; the client waits 10 budgets (at least 30 s) per request."""
+    run = LoadRun(base_url=base_url, target=target, profile=RateProfile.constant(rate_rps, duration_s),
+                  scenario=Scenario.single(Dials(name="budget", latency_budget_ms=budget_ms)), payloads=payloads,
+                  seed=seed, progress=False, timeout_s=max(30.0, 10 * budget_ms / 1e3))
+    return execute(run)
+
+
 def measure_capacity(*, base_url: str, target: Target, payloads: Sequence[Payload], concurrency: int,
                      duration_s: float, dials: Dials | None = None, timeout_s: float = 60.0) -> dict:
     """Closed-loop throughput: `concurrency` clients back to back for duration_s.
 
-    The first fifth of the time is a warm-up and is not counted.
+    The first fifth of the time is a warm-up and is not counted. Requests carry a 60 s budget
+    by default: with the server's default budget, the closed loop's own queue would be shed.
     """
-    dials = dials or Dials(name="capacity")
+    dials = dials or Dials(name="capacity", latency_budget_ms=60_000.0)
 
     async def go() -> list[Result]:
         async with make_client(base_url, max_inflight=concurrency, timeout_s=timeout_s) as client:
