@@ -72,6 +72,14 @@ def test_model_bench_measures_every_cell_and_utilization(model_result):
     for heading in ("(a) images/s", "(b) batch-1 latency", "(c) FLOP utilization", "torch " + torch.__version__):
         assert heading in md
     assert md.count("| l050 |") == 2 + 1 + 1  # two batch rows, one latency row, one utilization row
+    # Row (a) of l050 at the first batch: speed-up, ideal and their ratio, as measured.
+    b0 = r["settings"]["batch_sizes"][0]
+    by = {(t["level"], t["batch"]): t["images_per_s"] for t in r["throughput"] if t["mode"] == "eager"}
+    speedup = by[("l050", b0)] / by[("dense", b0)]
+    ideal = r["levels"]["dense"]["gflops"] / r["levels"]["l050"]["gflops"]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| l050 | ")]
+    cells = next(c for c in rows if c[2] == str(b0))
+    assert [float(c) for c in cells[-3:]] == pytest.approx([speedup, ideal, speedup / ideal], rel=5e-3)
 
 
 def test_cli_writes_json_and_markdown(tmp_path, capsys):
