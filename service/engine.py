@@ -109,6 +109,7 @@ class Engine:
         self.batcher: Batcher | None = None
         self.worker: InferenceWorker | None = None
         self.warm_s = 0.0
+        self.torch_threads: int | None = None  # as the worker thread reports it after SAIT_TORCH_THREADS
         self.draining = False
         self.inflight = 0
         self.failed: str | None = None  # why warm-up failed, if it did
@@ -182,6 +183,12 @@ class Engine:
 
     def _prepare(self) -> tuple[Batcher, LatencyModel]:
         """Runs on the worker thread: warm-up, latency profile, queues."""
+        if self.settings.torch_threads:
+            # Before the latency profile, so that the profile measures what will serve; on the
+            # thread that runs the model (torch keeps the count process-wide, OpenMP per thread).
+            torch.set_num_threads(self.settings.torch_threads)
+        self.torch_threads = torch.get_num_threads()
+        log.info("torch intra-op threads: %d", self.torch_threads)
         self.runner.warmup()
         self.metrics.graph_capture.set(getattr(self.runner, "capture_seconds", 0.0))
         self.metrics.graph_memory.set(getattr(self.runner, "graph_memory_bytes", 0))

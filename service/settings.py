@@ -48,6 +48,8 @@ class Settings(BaseSettings):
                                        "shedding; from 1x to 1.5x it tightens from 1 to this (1: off)")
     idle_probe_s: float = Field(2.0, ge=0, le=3600, description="after this many idle seconds the worker times "
                                 "one small batch of the sparsest level, to keep the latency model current (0: off)")
+    torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads for the model (0: torch's "
+                               "default, one per core); fewer leaves cores to HTTP and decoding on a CPU host")
     max_body_bytes: int = Field(20_971_520, ge=1024, description="larger bodies get 413")
     max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto, fp32, bf16, fp16")

@@ -7,10 +7,11 @@ import struct
 import subprocess
 import sys
 
+import httpx
 import numpy as np
 import pytest
 import torch
-from svc_helpers import jpeg_bytes, png_bomb, png_bytes
+from svc_helpers import jpeg_bytes, png_bomb, png_bytes, running_server
 
 from models.preprocess import DataConfig
 from service.decode import decode_image
@@ -192,11 +193,26 @@ def test_settings_flags_over_env_over_defaults(monkeypatch):
     (["--safety-margin", "1"], "SAIT_SAFETY_MARGIN"),
     (["--levels", "dense,,l050"], "SAIT_LEVELS"),
     (["--port", "http"], "SAIT_PORT"),
+    (["--torch-threads", "-1"], "SAIT_TORCH_THREADS"),
 ])
 def test_settings_refused_with_one_line(argv, message):
     with pytest.raises(SettingsError) as info:
         load_settings(argv)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_torch_threads_setting_reaches_the_worker_thread():
+    before = torch.get_num_threads()
+    try:
+        with running_server(torch_threads=1, default_budget_ms=60_000) as s:
+            assert s.engine.torch_threads == 1
+            r = httpx.post(f"{s.url}/v1/classify", content=png_bytes(), headers={"content-type": "image/png"}, timeout=60)
+            assert r.status_code == 200, r.text
+        torch.set_num_threads(before)  # the count is process-wide: undo it for the next server
+        with running_server(default_budget_ms=60_000) as s:  # 0: torch's default, left alone
+            assert s.engine.torch_threads == before
+    finally:
+        torch.set_num_threads(before)  # MKL's count is process-wide: leave the next test as it was
 
 
 def _run_cli(*args, env_extra=None):
