@@ -5,9 +5,9 @@
         --loads 2,3 --reps 3 --capacity-rps 33.3
 
 On a shared machine whose speed drifts by up to 2x between minutes, two variants measured one
-after the other differ by more than most changes do. So every variant's server runs at once
-(an idle server costs little CPU), and at each load the variants take turns, `--reps` times:
-each row of the table compares variants that ran seconds apart. A variant is
+after the other differ by more than most changes do. So every variant's server is up at once,
+paused (SIGSTOP) except during its own turn, and at each load the variants take turns,
+`--reps` times: each row of the table compares variants that ran seconds apart. A variant is
 `NAME:KEY=VALUE;KEY=VALUE` (SAIT_ settings without the prefix), or `NAME@CHECKOUT:...` to run
 the server from another checkout of the repository (a `git worktree` of an older commit:
 before and after a change). Every request carries the same budget and no density, as in the
@@ -112,31 +112,33 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     rows: list[dict] = []
-    with contextlib.ExitStack() as stack:
-        if args.capacity_rps:
-            cap_rps = args.capacity_rps
-        else:
-            dense = stack.enter_context(ServerProcess(settings={**base, "POLICY": "fixed:dense"},
-                                                      log_path=args.out / "server-capacity.log"))
+    if args.capacity_rps:
+        cap_rps = args.capacity_rps
+    else:
+        with ServerProcess(settings={**base, "POLICY": "fixed:dense"}, log_path=args.out / "server-capacity.log") as dense:
             cap_rps = max(measure_capacity(base_url=dense.url, target=target, payloads=payloads, concurrency=c,
                                            duration_s=12.0)
                           ["capacity_rps"] for c in (32, 64))
-        print(f"dense capacity {cap_rps:.1f} req/s", flush=True)
-        servers = {v.name: stack.enter_context(ServerProcess(settings={**base, **v.settings}, root=v.root,
-                                                             log_path=args.out / f"server-{v.name}.log"))
-                   for v in variants}
+    print(f"dense capacity {cap_rps:.1f} req/s", flush=True)
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for v in variants:
+            servers[v.name] = stack.enter_context(ServerProcess(settings={**base, **v.settings}, root=v.root,
+                                                                log_path=args.out / f"server-{v.name}.log"))
+            servers[v.name].pause()  # until its turn (see service.loadgen.server)
         bar = tqdm(total=args.reps * len(loads) * len(variants), unit="point", desc="compare")
         for rep in range(args.reps):
             for load_x in loads:
                 for v in variants:
-                    results, summary = budget_point(base_url=servers[v.name].url, target=target,
-                                                    rate_rps=load_x * cap_rps, duration_s=args.point_s,
-                                                    budget_ms=args.budget_ms, payloads=payloads, seed=rep)
+                    with servers[v.name].turn():
+                        results, summary = budget_point(base_url=servers[v.name].url, target=target,
+                                                        rate_rps=load_x * cap_rps, duration_s=args.point_s,
+                                                        budget_ms=args.budget_ms, payloads=payloads, seed=rep)
+                        time.sleep(2.0)  # let the queue drain before the next point
                     write_run(args.out / f"{v.name}-{load_x:g}x-{rep}", results, summary, window_s=1.0,
                               title=f"{v.name} at {load_x:g}x, turn {rep + 1}")
                     rows.append({"variant": v.name, "load_x": load_x, "rep": rep, **summary})
                     bar.update(1)
-                    time.sleep(2.0)  # let the queue drain before the next point
         bar.close()
     doc = {
         "command": "python -m service.loadgen.compare " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -169,22 +169,30 @@ def main(argv: list[str] | None = None) -> int:
         bar.total = len(policies) * len(loads)
         print(f"dense capacity {cap_rps:.1f} req/s; sparsest policy {sparsest}", flush=True)
         if args.interleave:
-            # All servers up at once (idle ones cost little CPU); at each load every policy runs
-            # back to back, so background load that comes and goes hits all policies alike.
+            # All servers up at once, each paused except while measured (an idle server times
+            # probe batches; see service.loadgen.server); at each load every policy runs back
+            # to back, so background load that comes and goes hits all policies alike.
             with contextlib.ExitStack() as stack:
-                servers = {p: server if p == "fixed:dense" else stack.enter_context(
-                    ServerProcess(settings={**settings, "POLICY": p}, log_path=_log(args.out, p)))
-                    for p in policies}
+                server.pause()
+                servers = {"fixed:dense": server}
+                for p in policies:
+                    if p not in servers:
+                        servers[p] = stack.enter_context(ServerProcess(settings={**settings, "POLICY": p},
+                                                                       log_path=_log(args.out, p)))
+                        servers[p].pause()
                 for i, load_x in enumerate(loads):
                     now_rps = cap_rps
                     if args.recalibrate_s > 0 and capacity.get("measured"):
                         # The host's speed drifts by up to 2x within a sweep: a capacity from
                         # ten minutes ago can make "0.5x" a full load or "2x" a 4x one.
-                        time.sleep(2.0)  # the last point's queue drains first
-                        now_rps = measure_capacity(base_url=server.url, target=target, payloads=payloads,
-                                                   concurrency=capacity["concurrency"],
-                                                   duration_s=args.recalibrate_s)["capacity_rps"]
-                    rows += [point(servers[p], p, i, load_x, now_rps) for p in policies]
+                        with server.turn():
+                            now_rps = measure_capacity(base_url=server.url, target=target, payloads=payloads,
+                                                       concurrency=capacity["concurrency"],
+                                                       duration_s=args.recalibrate_s)["capacity_rps"]
+                            time.sleep(2.0)  # its queue drains before the first point
+                    for p in policies:
+                        with servers[p].turn():
+                            rows.append(point(servers[p], p, i, load_x, now_rps))
         elif "fixed:dense" in policies:
             rows += sweep(server, "fixed:dense")
 

@@ -2,6 +2,11 @@
 
 Used by the overload experiment, the soak test and the end-to-end test. Also reads the
 server's resident memory from /proc/<pid>/status (Linux) for the soak's RSS series.
+
+Experiments that keep several servers up and let them take turns (overload --interleave,
+compare) pause the ones not being measured (SIGSTOP): an idle server is not idle, its worker
+times a probe batch every few seconds (SAIT_IDLE_PROBE_S), and on a 2-core host that work
+lands in the middle of the measured server's batches.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -63,6 +69,7 @@ class ServerProcess:
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="sait-server-", suffix=".log")[1])
         self.root = Path(root) if root is not None else REPO_ROOT
         self.proc: subprocess.Popen | None = None
+        self.paused = False
 
     @property
     def pid(self) -> int:
@@ -98,10 +105,56 @@ class ServerProcess:
         self.stop()
         raise ServerError(f"server not ready after {self.ready_timeout_s:.0f} s: {self.log_tail()}")
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP to its process group): it takes no CPU until resume()."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise ServerError("server not running")
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+        self.paused = True
+        # The signal is delivered asynchronously: wait (briefly) until the process is stopped,
+        # so that the next measurement does not share the CPU with its last milliseconds.
+        status = Path(f"/proc/{self.proc.pid}/status")
+        deadline = time.monotonic() + 2.0
+        while status.exists() and time.monotonic() < deadline:
+            if any(line.startswith("State:") and line.split()[1] == "T" for line in status.read_text().splitlines()):
+                break
+            time.sleep(0.005)
+
+    def resume(self, timeout_s: float = 10.0) -> None:
+        """Thaw a paused server and wait until it answers its readiness probe again."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise ServerError("server not running")
+        os.killpg(self.proc.pid, signal.SIGCONT)
+        self.paused = False
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(base_url=self.url, timeout=2.0) as client:
+            while True:
+                try:
+                    if client.get("/v2/health/ready").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ServerError(f"server not ready {timeout_s:.0f} s after resuming: {self.log_tail()}")
+                time.sleep(0.05)
+
+    @contextmanager
+    def turn(self):
+        """Resume for the duration of the block, pause again after it (for servers taking turns)."""
+        self.resume()
+        try:
+            yield self
+        finally:
+            if self.proc is not None and self.proc.poll() is None:
+                self.pause()
+
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM (graceful drain), then SIGKILL if it does not exit in timeout_s."""
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
+        if self.paused:
+            os.killpg(self.proc.pid, signal.SIGCONT)  # a stopped process would not see SIGTERM
+            self.paused = False
         self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout=timeout_s)

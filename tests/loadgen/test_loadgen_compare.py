@@ -69,3 +69,18 @@ def test_two_variants_take_turns_on_real_servers(tmp_path):
     dense = next(r for r in doc["rows"] if r["variant"] == "dense")
     assert dense["ok"] > 0 and set(dense["levels"]) == {"dense"}  # the variant's setting reached its server
     assert "| 1x | 1 |" in docs.read_text() and (out / "adaptive-1x-0" / "results.csv").is_file()
+
+
+def test_overload_interleaved_sweep_on_real_servers(tmp_path):
+    """Two policies' servers up at once, taking turns (the other paused), the capacity re-measured."""
+    from service.loadgen.overload import main
+
+    out = tmp_path / "out"
+    code = main(["--model", "vit_tiny_test", "--api", "v2", "--payload", "uint8", "--loads", "0.5", "--point-s", "2",
+                 "--capacity-s", "1", "--concurrency", "2", "--policies", "adaptive,fixed:dense", "--interleave",
+                 "--recalibrate-s", "1", "--setting", "MAX_BATCH_SIZE=4", "--out", str(out)])
+    assert code == 0
+    doc = json.loads((out / "overload.json").read_text())
+    assert [(r["policy"], r["load_x"]) for r in doc["rows"]] == [("adaptive", 0.5), ("fixed:dense", 0.5)]
+    assert all(r["ok"] > 0 and r["error"] == 0 for r in doc["rows"]), doc["rows"]
+    assert set(next(r for r in doc["rows"] if r["policy"] == "fixed:dense")["levels"]) == {"dense"}

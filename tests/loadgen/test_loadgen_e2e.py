@@ -70,3 +70,36 @@ def test_locust_headless_both_apis(server, tmp_path):
     rows = {r["Name"]: r for r in csv.DictReader((tmp_path / "run_stats.csv").open())}
     for name in ("/v1/classify", "/v2/models/[m]/infer"):
         assert int(rows[name]["Request Count"]) > 0 and int(rows[name]["Failure Count"]) == 0
+
+
+def _proc_state(pid: int) -> str:
+    from pathlib import Path
+
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("State:"))
+    return line.split()[1]
+
+
+def test_a_paused_server_takes_turns_and_stops_cleanly():
+    """compare and overload --interleave pause the servers not being measured."""
+    import time
+
+    import httpx
+
+    from service.loadgen.server import ServerProcess
+
+    srv = ServerProcess(settings={"MODEL": "vit_tiny_test", "MAX_BATCH_SIZE": "4"}, ready_timeout_s=120).start()
+    try:
+        srv.pause()
+        assert _proc_state(srv.pid) == "T"  # stopped: no CPU, no idle probes
+        with pytest.raises(httpx.TimeoutException):
+            httpx.get(f"{srv.url}/v2/health/ready", timeout=0.5)
+        with srv.turn():
+            assert _proc_state(srv.pid) != "T"
+            assert httpx.get(f"{srv.url}/v2/health/ready", timeout=5).status_code == 200
+        assert srv.paused and _proc_state(srv.pid) == "T"
+    finally:
+        t0 = time.monotonic()
+        code = srv.stop(timeout_s=20)
+    # A stopped process would not see SIGTERM: stop() thaws it first, so it drains and exits
+    # by itself instead of being killed after the timeout.
+    assert code == 0 and time.monotonic() - t0 < 20, srv.log_tail()
