@@ -37,12 +37,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _status_field(pid: int, name: str) -> str | None:
+    """The first word of a field of /proc/<pid>/status (Linux), or None without it."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return line.split()[1]
+    return None
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process, from /proc/<pid>/status (VmRSS is in kB)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise ServerError(f"no VmRSS for pid {pid}")
+    kb = _status_field(pid, "VmRSS")
+    if kb is None:
+        raise ServerError(f"no VmRSS for pid {pid}")
+    return int(kb) * 1024
 
 
 class ServerProcess:
@@ -91,19 +99,25 @@ class ServerProcess:
         self.proc = subprocess.Popen([self.python, "-m", "service"], cwd=self.root, env=self.env(),
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        deadline = time.monotonic() + self.ready_timeout_s
+        if self._wait_ready(self.ready_timeout_s, poll_s=0.25):
+            return self
+        self.stop()
+        raise ServerError(f"server not ready after {self.ready_timeout_s:.0f} s: {self.log_tail()}")
+
+    def _wait_ready(self, timeout_s: float, *, poll_s: float) -> bool:
+        """Poll /v2/health/ready until 200 (True) or timeout_s (False); raise if the server exits."""
+        deadline = time.monotonic() + timeout_s
         with httpx.Client(base_url=self.url, timeout=2.0) as client:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise ServerError(f"server exited with {self.proc.returncode}: {self.log_tail()}")
                 try:
                     if client.get("/v2/health/ready").status_code == 200:
-                        return self
+                        return True
                 except httpx.HTTPError:
                     pass
-                time.sleep(0.25)
-        self.stop()
-        raise ServerError(f"server not ready after {self.ready_timeout_s:.0f} s: {self.log_tail()}")
+                time.sleep(poll_s)
+        return False
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP to its process group): it takes no CPU until resume()."""
@@ -113,10 +127,9 @@ class ServerProcess:
         self.paused = True
         # The signal is delivered asynchronously: wait (briefly) until the process is stopped,
         # so that the next measurement does not share the CPU with its last milliseconds.
-        status = Path(f"/proc/{self.proc.pid}/status")
         deadline = time.monotonic() + 2.0
-        while status.exists() and time.monotonic() < deadline:
-            if any(line.startswith("State:") and line.split()[1] == "T" for line in status.read_text().splitlines()):
+        while Path("/proc").is_dir() and time.monotonic() < deadline:
+            if _status_field(self.proc.pid, "State") == "T":
                 break
             time.sleep(0.005)
 
@@ -126,17 +139,8 @@ class ServerProcess:
             raise ServerError("server not running")
         os.killpg(self.proc.pid, signal.SIGCONT)
         self.paused = False
-        deadline = time.monotonic() + timeout_s
-        with httpx.Client(base_url=self.url, timeout=2.0) as client:
-            while True:
-                try:
-                    if client.get("/v2/health/ready").status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise ServerError(f"server not ready {timeout_s:.0f} s after resuming: {self.log_tail()}")
-                time.sleep(0.05)
+        if not self._wait_ready(timeout_s, poll_s=0.05):
+            raise ServerError(f"server not ready {timeout_s:.0f} s after resuming: {self.log_tail()}")
 
     @contextmanager
     def turn(self):

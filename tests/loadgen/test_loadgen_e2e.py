@@ -72,20 +72,16 @@ def test_locust_headless_both_apis(server, tmp_path):
         assert int(rows[name]["Request Count"]) > 0 and int(rows[name]["Failure Count"]) == 0
 
 
-def _proc_state(pid: int) -> str:
-    from pathlib import Path
-
-    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("State:"))
-    return line.split()[1]
-
-
 def test_a_paused_server_takes_turns_and_stops_cleanly():
     """compare and overload --interleave pause the servers not being measured."""
     import time
 
     import httpx
 
-    from service.loadgen.server import ServerProcess
+    from service.loadgen.server import ServerProcess, _status_field
+
+    def _proc_state(pid: int) -> str:
+        return _status_field(pid, "State")
 
     srv = ServerProcess(settings={"MODEL": "vit_tiny_test", "MAX_BATCH_SIZE": "4"}, ready_timeout_s=120).start()
     try:
