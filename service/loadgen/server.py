@@ -45,6 +45,23 @@ def _status_field(pid: int, name: str) -> str | None:
     return None
 
 
+def thread_cpu_s(pid: int) -> dict[int, tuple[float, float]]:
+    """CPU seconds (user, system) of each live thread of a process, by thread id (Linux:
+    /proc/<pid>/task/<tid>/stat, fields 14 and 15 in clock ticks). The main thread's id is
+    the pid. A thread that ends between the listing and the read is left out."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        # The command name (field 2) is in parentheses and may hold spaces: split after it.
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[int(task.name)] = (int(fields[11]) / tick, int(fields[12]) / tick)
+    return out
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process, from /proc/<pid>/status (VmRSS is in kB)."""
     kb = _status_field(pid, "VmRSS")

@@ -1,0 +1,87 @@
+"""The per-request CPU cost tool: thread CPU readings, their split, and a real short run."""
+
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from service.bench.request_cost import CaseCost, main, markdown, split_cpu
+from service.loadgen.server import thread_cpu_s
+
+
+def test_thread_cpu_reads_this_process_and_sees_a_busy_thread():
+    stop = threading.Event()
+    tids = []
+
+    def spin():
+        tids.append(threading.get_native_id())
+        while not stop.is_set():
+            sum(range(1000))
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        time.sleep(0.3)
+        before = thread_cpu_s(os.getpid())
+        time.sleep(0.5)
+        after = thread_cpu_s(os.getpid())
+    finally:
+        stop.set()
+        t.join()
+    assert os.getpid() in before and tids[0] in after
+    user0, sys0 = before[tids[0]]
+    user1, sys1 = after[tids[0]]
+    # A thread spinning for 0.5 s wall gets most of a core even on a shared machine.
+    assert (user1 + sys1) - (user0 + sys0) >= 0.1
+
+
+def test_split_cpu_separates_the_event_loop_and_counts_new_threads_from_zero():
+    before = {100: (1.0, 0.5), 101: (10.0, 1.0)}
+    after = {100: (1.5, 0.7), 101: (12.0, 1.5), 102: (0.25, 0.25)}  # 102 started in between
+    loop, loop_sys, other = split_cpu(before, after, main_tid=100)
+    assert loop == pytest.approx(0.7) and loop_sys == pytest.approx(0.2)
+    assert other == pytest.approx(2.5 + 0.5)
+
+
+def test_markdown_names_machine_command_and_ceiling():
+    cost = CaseCost(api="v2", payload="uint8", requests=100, ok=99, event_loop_ms=2.0, event_loop_sys_ms=0.25,
+                    other_threads_ms=30.0, client_ms=0.5)
+    assert cost.ceiling_rps == 500.0
+    doc = {"measured_utc": "2026-12-01 20:00 UTC", "cpu": "Test CPU", "model": "m", "level": "l040", "rate_rps": 20.0,
+           "duration_s": 10.0, "warmup_s": 1.0, "settings": {}, "commit": "abc1234",
+           "command": "python -m service.bench.request_cost", "cases": [cost.__dict__]}
+    text = markdown(doc)
+    assert "**Test CPU**" in text and "`python -m service.bench.request_cost`" in text and "abc1234" in text
+    assert "| v2 | uint8 | 99/100 | 2.00 | 0.25 | 30.0 | 0.50 | 500 |" in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--cases", "v3:png"], "unknown case(s) v3:png"),
+    (["--rate", "0"], "--rate and --duration-s must be > 0"),
+    (["--setting", "NOEQUALS"], "--setting takes KEY=VALUE"),
+])
+def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_short_run_against_a_real_server(tmp_path):
+    out = tmp_path / "cost.json"
+    docs = tmp_path / "bench.md"
+    docs.write_text("# bench\n<!-- request-cost:begin -->\nold\n<!-- request-cost:end -->\n")
+    code = main(["--model", "vit_tiny_test", "--level", "l050", "--cases", "v2:uint8,v1:jpeg", "--rate", "20",
+                 "--duration-s", "1.5", "--warmup-s", "0.5", "--images", str(tmp_path / "none"),
+                 "--setting", "MAX_BATCH_SIZE=4", "--out", str(out), "--docs", str(docs)])
+    assert code == 0
+    doc = json.loads(out.read_text())
+    assert [(c["api"], c["payload"]) for c in doc["cases"]] == [("v2", "uint8"), ("v1", "jpeg")]
+    for case in doc["cases"]:
+        assert case["ok"] == case["requests"] == 30
+        # Every answered request ran Python on the event loop and the model on the worker.
+        assert 0 < case["event_loop_ms"] < 1000 and case["other_threads_ms"] > 0 and case["client_ms"] > 0
+        assert 0 <= case["event_loop_sys_ms"] <= case["event_loop_ms"]
+    text = docs.read_text()
+    assert "old" not in text and "| v1 | jpeg | 30/30 |" in text
