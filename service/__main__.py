@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sait-serve: {exc}", file=sys.stderr)
         return 2
     from service.app import create_app
+    from service.fast_path import FastInference
 
-    app = create_app(settings, engine=engine, exit_on_failure=True)
+    app = FastInference(create_app(settings, engine=engine, exit_on_failure=True))
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)), access_log=False)
     server = DrainingServer(config, engine=engine, drain_timeout_s=settings.drain_timeout_s)

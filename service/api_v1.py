@@ -55,7 +55,20 @@ async def classify(
     min_accuracy: Annotated[str | None, Query(description="accuracy floor in (0, 1], via the level card")] = None,
     top_k: Annotated[str | None, Query(description="classes to return (default 5)")] = None,
 ) -> JSONResponse:
-    """Body: the JPEG/PNG/WebP bytes (Content-Type image/*), or multipart with a `file` field."""
+    """Body: the JPEG/PNG/WebP bytes (Content-Type image/*), or multipart with a `file` field.
+
+    The dials are declared for the OpenAPI page; `classify_request` reads the same values from
+    the query string (FastAPI's and Starlette's `get` both take the last of repeated keys), so
+    this route and service.fast_path, which serves it in production, answer alike.
+    """
+    return await classify_request(request)
+
+
+async def classify_request(request: Request) -> JSONResponse:
+    """POST /v1/classify on a plain Starlette request: the dials from the query string."""
+    query = request.query_params
+    density, latency_budget_ms = query.get("density"), query.get("latency_budget_ms")
+    min_accuracy, top_k = query.get("min_accuracy"), query.get("top_k")
 
     async def work(engine: Engine, arrival_s: float) -> RequestResult:
         params = parse_dial(density=density, latency_budget_ms=latency_budget_ms, min_accuracy=min_accuracy,

@@ -40,13 +40,15 @@ class Running:
 def running_server(ready_timeout_s: float = 120.0, **overrides):
     """create_app(Settings(...)) served by uvicorn in a thread; yields once /v2/health/ready is 200."""
     from service.app import create_app
+    from service.fast_path import FastInference
     from service.settings import Settings
 
     port = free_port()
     values = dict(model=TINY, device="cpu", host="127.0.0.1", port=port, max_batch_size=8, max_queue_delay_ms=20)
     values.update(overrides)
     app = create_app(Settings(**values))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    # As `python -m service` serves it: the inference routes through service.fast_path.
+    server = uvicorn.Server(uvicorn.Config(FastInference(app), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
