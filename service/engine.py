@@ -104,6 +104,7 @@ class Engine:
             except ServiceError as exc:
                 raise StartupError(f"invalid setting SAIT_POLICY ({settings.policy}): {exc.message}") from None
         self.metrics = Metrics(levels=self.levels, max_batch_size=settings.max_batch_size)
+        self.metrics.read_queue_depth(lambda: self.batcher.snapshot() if self.batcher is not None else {})
         self.stats = ModelStats()
         self.latency: LatencyModel | None = None
         self.batcher: Batcher | None = None
@@ -270,13 +271,11 @@ class Engine:
         ]
         self.batcher.put(items)
         admitted_s = time.perf_counter()
-        self.metrics.set_queue_depth(self.batcher.snapshot())
         results = await asyncio.gather(*futures, return_exceptions=True)
         if all(isinstance(r, (ItemResult, Expired)) for r in results):  # served, or expired: time that counts
             # Against the uncorrected prediction: the correction must not chase its own tail.
             self._completions.add((time.perf_counter() - admitted_s) * 1e3,
                                   decision.predicted_ms / load.completion_scale)
-        self.metrics.set_queue_depth(self.batcher.snapshot())  # also after expiries, which run no batch
         if all(isinstance(r, ItemResult) for r in results):
             # What the queue and compute times do not explain: handing results back to a busy
             # event loop. The controller adds it to every prediction.
@@ -303,8 +302,6 @@ class Engine:
         if self.latency is not None:
             self.metrics.latency_scale.set(self.latency.scale())
         self.stats.add_batch(size=size, compute_s=compute_s, queue_s=queue_s)
-        if self.batcher is not None:
-            self.metrics.set_queue_depth(self.batcher.snapshot())
 
     def record(self, *, api: str, level: str | None, outcome: str, arrival_s: float,
                deadline_met: bool | None = None) -> None:

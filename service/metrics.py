@@ -79,6 +79,7 @@ class Metrics:
                                   "Memory held by captured CUDA graphs (0 when none), bytes.", registry=r)
         for result in ("met", "missed"):
             self.deadline.labels(result=result)
+        self._levels = tuple(levels)
         for level in levels:
             self.queue_depth.labels(level=level).set(0)
         self._gpu = None
@@ -96,9 +97,11 @@ class Metrics:
         for q in queue_s:
             hist.observe(q)
 
-    def set_queue_depth(self, depth: dict[str, int]) -> None:
-        for level, n in depth.items():
-            self.queue_depth.labels(level=level).set(n)
+    def read_queue_depth(self, depth) -> None:
+        """Sample `depth()` (level -> images queued) at each scrape, not on every request:
+        the queues change with every request and batch, and a scrape wants only their state now."""
+        for level in self._levels:
+            self.queue_depth.labels(level=level).set_function(lambda level=level: depth().get(level, 0))
 
     # -- exposition ----------------------------------------------------------------------------------
     def enable_gpu(self, device_index: int) -> None:

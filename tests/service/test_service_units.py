@@ -253,3 +253,16 @@ def test_throughput_check_sends_what_the_server_parses():
     req = parse_infer_request(body, headers[HEADER_LENGTH], input_size=SIZE, max_batch_size=8)
     assert req.pixels.shape == (3, *SIZE) and req.parameters["density"] == "l050"
     assert req.outputs == [RequestedOutput("probabilities", binary=True)]
+
+
+def test_queue_depth_is_read_at_scrape_time():
+    from service.metrics import Metrics
+
+    metrics = Metrics(levels=("dense", "l040"))
+    body, _ = metrics.render()
+    assert b'sait_queue_depth{level="l040"} 0.0' in body  # zeros before any queue exists
+    depth = {"dense": 3}
+    metrics.read_queue_depth(lambda: depth)
+    depth["l040"] = 7  # changed after the hook was set: the scrape sees the queues now
+    body, _ = metrics.render()
+    assert b'sait_queue_depth{level="dense"} 3.0' in body and b'sait_queue_depth{level="l040"} 7.0' in body
