@@ -15,12 +15,19 @@ with the `density` dial and a generous budget, to one server (`python -m service
 the server threads' CPU is read before and after, and split into the event loop (the main
 thread) and every other thread (the inference worker, torch's intra-op threads, the decode
 pool). The first `--warmup-s` of each case are sent but not counted.
+
+Before and after a change, in one run: `--variant NAME@CHECKOUT:` (service.loadgen.compare's
+variant syntax; `git worktree add /tmp/wt-base COMMIT` for the checkout, `NAME:K=V;...` for
+settings) starts one server per variant, paused (SIGSTOP) while another is measured, and
+`--rounds` lets the variants take turns at every case; the table gives each variant's median.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -29,6 +36,7 @@ from pathlib import Path
 from service.bench.environment import git_commit
 from service.loadgen.arrivals import RateProfile
 from service.loadgen.client import Target
+from service.loadgen.compare import UsageError, Variant, parse_variant
 from service.loadgen.docblock import cpu_model, replace_block
 from service.loadgen.payloads import DEFAULT_IMAGE_DIR, PayloadError, load_folder, synthetic
 from service.loadgen.scenario import Dials, Scenario
@@ -41,8 +49,9 @@ CASES = ("v2:uint8", "v2:jpeg", "v1:jpeg")
 
 @dataclass(frozen=True)
 class CaseCost:
-    """CPU milliseconds per answered request, for one (API, payload) case."""
+    """CPU milliseconds per answered request, for one (API, payload) case on one server variant."""
 
+    variant: str
     api: str
     payload: str
     requests: int
@@ -73,8 +82,8 @@ def split_cpu(before: dict[int, tuple[float, float]], after: dict[int, tuple[flo
     return loop, sys_s, other
 
 
-def measure_case(server: ServerProcess, *, api: str, payload: str, level: str, model: str, rate_rps: float,
-                 duration_s: float, warmup_s: float, images: Path | None) -> CaseCost:
+def measure_case(server: ServerProcess, *, variant: str, api: str, payload: str, level: str, model: str,
+                 rate_rps: float, duration_s: float, warmup_s: float, images: Path | None) -> CaseCost:
     kind = "uint8" if payload == "uint8" else "jpeg"
     folder = images or DEFAULT_IMAGE_DIR
     payloads = load_folder(folder, kind=kind, limit=32) if folder.is_dir() else synthetic(count=16, kind=kind)
@@ -100,28 +109,47 @@ def measure_case(server: ServerProcess, *, api: str, payload: str, level: str, m
         raise ServerError(f"no request was answered OK in case {api}:{payload} ({summary['error']} errors, "
                           f"{summary['bad_request']} bad requests): {server.log_tail(400)}")
     per = 1e3 / ok
-    return CaseCost(api=api, payload=payload, requests=int(summary["requests"]), ok=ok,
+    return CaseCost(variant=variant, api=api, payload=payload, requests=int(summary["requests"]), ok=ok,
                     event_loop_ms=loop_s * per, event_loop_sys_ms=loop_sys_s * per,
                     other_threads_ms=other_s * per, client_ms=client_s * per)
 
 
+def median_costs(costs: list[CaseCost]) -> list[CaseCost]:
+    """One CaseCost per (variant, case): the median of its rounds, field by field (counts summed)."""
+    groups: dict[tuple[str, str, str], list[CaseCost]] = {}
+    for c in costs:
+        groups.setdefault((c.variant, c.api, c.payload), []).append(c)
+    out = []
+    for (variant, api, payload), group in groups.items():
+        med = {f: statistics.median(getattr(c, f) for c in group)
+               for f in ("event_loop_ms", "event_loop_sys_ms", "other_threads_ms", "client_ms")}
+        out.append(CaseCost(variant=variant, api=api, payload=payload, requests=sum(c.requests for c in group),
+                            ok=sum(c.ok for c in group), **med))
+    return out
+
+
 def markdown(doc: dict) -> str:
+    rounds = doc.get("rounds", 1)
     lines = [
         f"Measured {doc['measured_utc']} on **{doc['cpu']}**, model `{doc['model']}` at level `{doc['level']}`, "
         f"{doc['rate_rps']:g} req/s for {doc['duration_s']:g} s per case (constant rate, open loop; "
-        f"{doc['warmup_s']:g} s warm-up not counted), settings {doc['settings'] or '{}'}; commit {doc['commit']}.",
+        f"{doc['warmup_s']:g} s warm-up not counted)"
+        + (f", {rounds} rounds with the servers taking turns, medians" if rounds > 1 else "")
+        + f", settings {doc['settings'] or '{}'}; commit {doc['commit']}.",
         "",
         f"Command: `{doc['command']}`",
         "",
-        "| API | payload | requests | event loop CPU ms/req | of which kernel | other server threads ms/req "
+        "| server | API | payload | requests | event loop CPU ms/req | of which kernel | other server threads ms/req "
         "| client ms/req | event-loop ceiling req/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for c in doc["cases"]:
-        cost = CaseCost(**c)
-        lines.append(f"| {cost.api} | {cost.payload} | {cost.ok}/{cost.requests} | {cost.event_loop_ms:.2f} | "
-                     f"{cost.event_loop_sys_ms:.2f} | {cost.other_threads_ms:.1f} | {cost.client_ms:.2f} | "
-                     f"{cost.ceiling_rps:.0f} |")
+    for c in median_costs([CaseCost(**c) for c in doc["cases"]]):
+        lines.append(f"| {c.variant} | {c.api} | {c.payload} | {c.ok}/{c.requests} | {c.event_loop_ms:.2f} | "
+                     f"{c.event_loop_sys_ms:.2f} | {c.other_threads_ms:.1f} | {c.client_ms:.2f} | "
+                     f"{c.ceiling_rps:.0f} |")
+    for v in doc.get("variants", []):
+        lines.append("")
+        lines.append(f"- `{v['name']}`: checkout {v['root'] or 'this one'}, settings {v['settings'] or '{}'}")
     return "\n".join(lines) + "\n"
 
 
@@ -135,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration-s", type=float, default=20.0, help="measured seconds per case")
     p.add_argument("--warmup-s", type=float, default=3.0, help="unmeasured seconds before each case")
     p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE", help="extra SAIT_ setting")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME[@CHECKOUT]:K=V;...",
+                   help="a server variant (repeat; default: one server from this checkout)")
+    p.add_argument("--rounds", type=int, default=1, help="turns of every variant at every case")
     p.add_argument("--images", type=Path, default=None, help=f"image folder (default {DEFAULT_IMAGE_DIR})")
     p.add_argument("--out", type=Path, default=Path("out/request_cost.json"))
     p.add_argument("--docs", type=Path, default=None, help="markdown file to write the table into")
@@ -157,18 +188,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"request_cost: --setting takes KEY=VALUE, got {args.setting}", file=sys.stderr)
         return 2
     settings.setdefault("MODEL", args.model)
+    try:
+        variants = [parse_variant(v) for v in args.variant] or [Variant(name="this")]
+    except UsageError as exc:
+        print(f"request_cost: {exc}", file=sys.stderr)
+        return 2
+    if args.rounds < 1 or len({v.name for v in variants}) != len(variants):
+        print("request_cost: --rounds must be >= 1 and variant names distinct", file=sys.stderr)
+        return 2
     costs = []
     try:
-        with ServerProcess(settings=settings) as server:
-            for case in cases:
-                api, payload = case.split(":")
-                cost = measure_case(server, api=api, payload=payload, level=args.level, model=args.model,
-                                    rate_rps=args.rate, duration_s=args.duration_s, warmup_s=args.warmup_s,
-                                    images=args.images)
-                print(f"{case}: event loop {cost.event_loop_ms:.2f} CPU ms/req ({cost.event_loop_sys_ms:.2f} kernel), "
-                      f"other server threads {cost.other_threads_ms:.1f}, client {cost.client_ms:.2f} "
-                      f"({cost.ok}/{cost.requests} ok)", flush=True)
-                costs.append(cost)
+        with contextlib.ExitStack() as stack:
+            servers = {}
+            for v in variants:
+                servers[v.name] = stack.enter_context(ServerProcess(settings={**settings, **v.settings}, root=v.root))
+                if len(variants) > 1:
+                    servers[v.name].pause()  # until its turn: an idle server still times probe batches
+            for _ in range(args.rounds):
+                for case in cases:
+                    api, payload = case.split(":")
+                    for v in variants:
+                        server = servers[v.name]
+                        with server.turn() if server.paused else contextlib.nullcontext():
+                            cost = measure_case(server, variant=v.name, api=api, payload=payload, level=args.level,
+                                                model=args.model, rate_rps=args.rate, duration_s=args.duration_s,
+                                                warmup_s=args.warmup_s, images=args.images)
+                        print(f"{v.name} {case}: event loop {cost.event_loop_ms:.2f} CPU ms/req "
+                              f"({cost.event_loop_sys_ms:.2f} kernel), other server threads "
+                              f"{cost.other_threads_ms:.1f}, client {cost.client_ms:.2f} ({cost.ok}/{cost.requests} ok)",
+                              flush=True)
+                        costs.append(cost)
     except (ServerError, PayloadError, OSError) as exc:
         print(f"request_cost: {exc}", file=sys.stderr)
         return 1
@@ -177,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         "level": args.level, "rate_rps": args.rate, "duration_s": args.duration_s, "warmup_s": args.warmup_s,
         "settings": {k: v for k, v in settings.items() if k != "MODEL"}, "commit": git_commit() or "unknown",
         "command": "python -m service.bench.request_cost " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "cases": [asdict(c) for c in costs],
+        "rounds": args.rounds, "cases": [asdict(c) for c in costs],
+        "variants": [{"name": v.name, "root": str(v.root) if v.root else None, "settings": v.settings}
+                     for v in variants],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2))
