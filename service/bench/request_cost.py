@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(doc, indent=2))
     table = markdown(doc)
     if args.docs is not None:
-        replace_block(args.docs, table, begin=BEGIN, end=END)
+        replace_block(args.docs, f"{BEGIN}\n{table}{END}", begin=BEGIN, end=END)
     print(table)
     return 0
 

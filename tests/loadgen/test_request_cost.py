@@ -109,6 +109,7 @@ def test_short_run_against_a_real_server(tmp_path):
         assert 0 <= case["event_loop_sys_ms"] <= case["event_loop_ms"]
     text = docs.read_text()
     assert "old" not in text and "| this | v1 | jpeg | 30/30 |" in text
+    assert text.startswith("# bench\n<!-- request-cost:begin -->\n") and text.endswith("<!-- request-cost:end -->\n")
 
 
 def test_variants_take_turns_on_paused_servers(tmp_path):
