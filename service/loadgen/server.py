@@ -106,6 +106,9 @@ class ServerProcess:
         env = dict(os.environ)
         # Offline pretrained weights from the shared hub cache, unless the caller set them.
         env.setdefault("HF_HOME", str(ASSETS / "hf-cache"))
+        # The server may run from another checkout (root): a cache path relative to where the
+        # caller stands must still point at the same cache there.
+        env["HF_HOME"] = os.path.abspath(env["HF_HOME"])
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.update({f"SAIT_{k.upper()}": str(v) for k, v in self.settings.items()})
         env.update({"SAIT_HOST": "127.0.0.1", "SAIT_PORT": str(self.port)})

@@ -121,3 +121,13 @@ def test_variants_take_turns_on_paused_servers(tmp_path):
     doc = json.loads(out.read_text())
     assert [c["variant"] for c in doc["cases"]] == ["a", "b", "a", "b"]
     assert all(c["ok"] == 20 and c["event_loop_ms"] > 0 for c in doc["cases"])
+
+
+def test_server_env_makes_a_relative_hf_home_absolute(monkeypatch, tmp_path):
+    from service.loadgen.server import ServerProcess
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HOME", "cache/hf")
+    env = ServerProcess(settings={"POLICY": "fixed:dense"}, root=tmp_path / "elsewhere").env()
+    assert env["HF_HOME"] == str(tmp_path / "cache" / "hf")
+    assert env["SAIT_POLICY"] == "fixed:dense" and env["SAIT_HOST"] == "127.0.0.1"
