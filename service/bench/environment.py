@@ -12,9 +12,13 @@ from models.machine import cpu_model
 
 
 
-def git_commit() -> str | None:
-    """The checkout's commit (with "+dirty" when files differ): which levels and code ran."""
-    root = Path(__file__).resolve().parents[2]
+def git_commit(root: Path | None = None) -> str | None:
+    """The checkout's commit (with "+dirty" when files differ): which levels and code ran.
+
+    Args:
+        root: the checkout (this one by default; another worktree for a before/after run).
+    """
+    root = root or Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                               timeout=10).stdout.strip()

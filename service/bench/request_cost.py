@@ -147,9 +147,11 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {c.variant} | {c.api} | {c.payload} | {c.ok}/{c.requests} | {c.event_loop_ms:.2f} | "
                      f"{c.event_loop_sys_ms:.2f} | {c.other_threads_ms:.1f} | {c.client_ms:.2f} | "
                      f"{c.ceiling_rps:.0f} |")
-    for v in doc.get("variants", []):
+    if doc.get("variants"):
         lines.append("")
-        lines.append(f"- `{v['name']}`: checkout {v['root'] or 'this one'}, settings {v['settings'] or '{}'}")
+    for v in doc.get("variants", []):
+        where = f"checkout {v['root']} (commit {v.get('commit') or 'unknown'})" if v["root"] else "this checkout"
+        lines.append(f"- `{v['name']}`: {where}, settings {v['settings'] or '{}'}")
     return "\n".join(lines) + "\n"
 
 
@@ -227,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: v for k, v in settings.items() if k != "MODEL"}, "commit": git_commit() or "unknown",
         "command": "python -m service.bench.request_cost " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "rounds": args.rounds, "cases": [asdict(c) for c in costs],
-        "variants": [{"name": v.name, "root": str(v.root) if v.root else None, "settings": v.settings}
-                     for v in variants],
+        "variants": [{"name": v.name, "root": str(v.root) if v.root else None, "settings": v.settings,
+                      "commit": git_commit(v.root) if v.root else None} for v in variants],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2))

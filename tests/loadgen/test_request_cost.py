@@ -71,12 +71,12 @@ def test_rounds_are_summarized_by_their_median_per_variant_and_case():
     doc = {"measured_utc": "t", "cpu": "c", "model": "m", "level": "l040", "rate_rps": 20.0, "duration_s": 10.0,
            "warmup_s": 1.0, "settings": {}, "commit": "x", "command": "cmd", "rounds": 3,
            "cases": [c.__dict__ for c in costs],
-           "variants": [{"name": "base", "root": "/tmp/wt", "settings": {}}, {"name": "new", "root": None,
-                                                                                "settings": {}}]}
+           "variants": [{"name": "base", "root": "/tmp/wt", "settings": {}, "commit": "abc1234"},
+                        {"name": "new", "root": None, "settings": {}}]}
     text = markdown(doc)
     assert "3 rounds with the servers taking turns, medians" in text
     assert "| base | v2 | uint8 | 30/30 | 2.50 |" in text and "| new | v2 | uint8 | 29/30 | 1.50 |" in text
-    assert "- `base`: checkout /tmp/wt" in text and "- `new`: checkout this one" in text
+    assert "- `base`: checkout /tmp/wt (commit abc1234), settings {}\n- `new`: this checkout" in text
 
 
 @pytest.mark.parametrize("argv, message", [
