@@ -38,7 +38,7 @@ from service.loadgen.arrivals import RateProfile
 from service.loadgen.client import Target
 from service.loadgen.compare import UsageError, Variant, parse_variant
 from service.loadgen.docblock import cpu_model, replace_block
-from service.loadgen.payloads import DEFAULT_IMAGE_DIR, PayloadError, load_folder, synthetic
+from service.loadgen.payloads import DEFAULT_IMAGE_DIR, Payload, PayloadError, load_folder, synthetic
 from service.loadgen.scenario import Dials, Scenario
 from service.loadgen.server import ServerError, ServerProcess, thread_cpu_s
 from service.loadgen.session import LoadRun, execute
@@ -82,13 +82,16 @@ def split_cpu(before: dict[int, tuple[float, float]], after: dict[int, tuple[flo
     return loop, sys_s, other
 
 
-def measure_case(server: ServerProcess, *, variant: str, api: str, payload: str, level: str, model: str,
-                 rate_rps: float, duration_s: float, warmup_s: float, images: Path | None) -> CaseCost:
-    kind = "uint8" if payload == "uint8" else "jpeg"
+def load_payloads(kind: str, images: Path | None) -> list[Payload]:
+    """Request bodies of one kind ("uint8" or "jpeg"): the image folder's, else synthetic ones."""
     folder = images or DEFAULT_IMAGE_DIR
-    payloads = load_folder(folder, kind=kind, limit=32) if folder.is_dir() else synthetic(count=16, kind=kind)
+    return load_folder(folder, kind=kind, limit=32) if folder.is_dir() else synthetic(count=16, kind=kind)
+
+
+def measure_case(server: ServerProcess, *, variant: str, api: str, payload: str, payloads: list[Payload],
+                 level: str, model: str, rate_rps: float, duration_s: float, warmup_s: float) -> CaseCost:
     dials = Dials(name="cost", density=level, latency_budget_ms=60_000.0)
-    target = Target(api=api, kind=kind, model=model)
+    target = Target(api=api, kind=payload, model=model)
 
     def run(seconds: float, seed: int) -> tuple[dict, float]:
         spec = LoadRun(base_url=server.url, target=target, profile=RateProfile.constant(rate_rps, seconds),
@@ -200,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     costs = []
     try:
+        # Once per payload kind, not per case and round: loading and preprocessing is not measured.
+        payloads = {kind: load_payloads(kind, args.images) for kind in {c.split(":")[1] for c in cases}}
         with contextlib.ExitStack() as stack:
             servers = {}
             for v in variants:
@@ -212,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
                     for v in variants:
                         server = servers[v.name]
                         with server.turn() if server.paused else contextlib.nullcontext():
-                            cost = measure_case(server, variant=v.name, api=api, payload=payload, level=args.level,
-                                                model=args.model, rate_rps=args.rate, duration_s=args.duration_s,
-                                                warmup_s=args.warmup_s, images=args.images)
+                            cost = measure_case(server, variant=v.name, api=api, payload=payload,
+                                                payloads=payloads[payload], level=args.level, model=args.model,
+                                                rate_rps=args.rate, duration_s=args.duration_s,
+                                                warmup_s=args.warmup_s)
                         print(f"{v.name} {case}: event loop {cost.event_loop_ms:.2f} CPU ms/req "
                               f"({cost.event_loop_sys_ms:.2f} kernel), other server threads "
                               f"{cost.other_threads_ms:.1f}, client {cost.client_ms:.2f} ({cost.ok}/{cost.requests} ok)",
