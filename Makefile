@@ -9,7 +9,7 @@ ASSETS ?= $(abspath ../shared/assets)
 export HF_HOME ?= $(ASSETS)/hf-cache
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test serve evaluate clean
+.PHONY: install lint format test serve evaluate clean
 
 install: $(STAMP)
 
@@ -19,6 +19,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# Formatting and lint (ruff, configured in pyproject.toml); `make format` fixes what it can.
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 test: install
 	$(PY) -m pytest -q -ra

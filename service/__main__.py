@@ -17,7 +17,7 @@ import time
 
 import uvicorn
 
-from service.engine import Engine, StartupError
+from service.engine.core import Engine, StartupError
 from service.settings import SettingsError, load_settings
 
 log = logging.getLogger("service")
@@ -50,18 +50,14 @@ class DrainingServer(uvicorn.Server):
 
     def _drain(self) -> None:
         give_up = time.monotonic() + self.drain_timeout_s
-        while time.monotonic() < give_up and (self.engine.inflight > 0 or _queued(self.engine) > 0):
+        while time.monotonic() < give_up and self.engine.pending() > 0:
             time.sleep(0.02)
-        if self.engine.inflight > 0:
-            log.warning("drain timeout: %d requests still in flight after %.0f s", self.engine.inflight,
+        if self.engine.pending() > 0:
+            log.warning("drain timeout: %d requests and images still pending after %.0f s", self.engine.pending(),
                         self.drain_timeout_s)
         else:
             log.info("drained: no request in flight")
         self.should_exit = True
-
-
-def _queued(engine: Engine) -> int:
-    return sum(engine.batcher.snapshot().values()) if engine.batcher is not None else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"sait-serve: {exc}", file=sys.stderr)
         return 2
-    from service.app import create_app
-    from service.fast_path import FastInference
+    from service.frontend.app import create_app
+    from service.frontend.fast_path import FastInference
 
     app = FastInference(create_app(settings, engine=engine, exit_on_failure=True))
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,

@@ -14,6 +14,9 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.dial import parse_density
+from service.errors import BadRequest
+
 ENV_PREFIX = "SAIT_"
 _LEVEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
@@ -68,13 +71,12 @@ class Settings(BaseSettings):
         density = v.removeprefix("fixed:") if v.startswith("fixed:") else None
         if not density:
             raise ValueError("must be 'adaptive' or 'fixed:<density>' (a level name or a number in (0, 1])")
-        if not _LEVEL_NAME.fullmatch(density):
-            try:
-                number = float(density)
-            except ValueError:
-                raise ValueError(f"fixed density {density!r} is neither a level name nor a number") from None
-            if not 0 < number <= 1:
-                raise ValueError(f"fixed density {density} is outside (0, 1]")
+        try:
+            parsed = parse_density(density)
+        except BadRequest as exc:
+            raise ValueError(f"fixed {exc.message}") from None
+        if isinstance(parsed, str) and not _LEVEL_NAME.fullmatch(parsed):
+            raise ValueError(f"fixed density {density!r} is neither a level name nor a number")
         return v
 
     @field_validator("levels")
@@ -115,9 +117,9 @@ class Settings(BaseSettings):
         return None if self.levels == "all" else tuple(self.levels.split(","))
 
     @property
-    def fixed_density(self) -> str | None:
-        """For `fixed:<density>` the density text (a level name or a number), else None."""
-        return self.policy[len("fixed:"):] if self.policy.startswith("fixed:") else None
+    def fixed_density(self) -> str | float | None:
+        """For `fixed:<density>` the density (a level name, or a number in (0, 1]), else None."""
+        return parse_density(self.policy[len("fixed:"):]) if self.policy.startswith("fixed:") else None
 
 
 def _flag(name: str) -> str:

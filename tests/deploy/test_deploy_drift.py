@@ -1,6 +1,6 @@
 """No drift between the deployment and the service: the SAIT_ variables, ports, probe paths
 and metric names used by the chart, KServe manifest, Dockerfile, compose file, rules and
-dashboard exist in the service's code (service.settings, service.app, service.metrics)."""
+dashboard exist in the service's code (service.settings, service.frontend.app, service.engine.metrics)."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def test_default_port_is_the_charts_and_the_images():
 
 
 def test_probe_paths_are_routes_of_the_app(render):
-    app_module = pytest.importorskip("service.app", reason="service not yet landed (service.app)")
+    app_module = pytest.importorskip("service.frontend.app", reason="service not yet landed (service.frontend.app)")
     app = app_module.create_app(Settings(model="vit_tiny_test", device="cpu"))
     paths = {getattr(route, "path", None) for route in app.routes}
     c = container(render())
@@ -94,8 +94,8 @@ def test_probe_paths_are_routes_of_the_app(render):
 
 
 def service_metric_families() -> dict[str, tuple[str, set[str]]]:
-    """{family: (type, label names)} registered by service/metrics.py's Metrics."""
-    metrics_module = pytest.importorskip("service.metrics", reason="service not yet landed (service.metrics)")
+    """{family: (type, label names)} registered by service/engine/metrics.py's Metrics."""
+    metrics_module = pytest.importorskip("service.engine.metrics", reason="service not yet landed (service.engine.metrics)")
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics import MetricWrapperBase
 
@@ -116,11 +116,11 @@ def test_every_metric_used_is_registered_by_the_service():
         for expr in exprs:
             for name in METRIC_RE.findall(expr):
                 if ":" not in name:
-                    assert name in samples, f"{source} uses {name}, which service/metrics.py does not register"
+                    assert name in samples, f"{source} uses {name}, which service/engine/metrics.py does not register"
                     used.add(samples[name])
             for name, labels in selectors(expr):
                 unknown = labels - families[samples[name]][1] - TARGET_LABELS
-                assert not unknown, f"{source}: {name} has no label {sorted(unknown)} in service/metrics.py"
+                assert not unknown, f"{source}: {name} has no label {sorted(unknown)} in service/engine/metrics.py"
     # The dashboard shows every family the service exports.
     assert used == set(families)
 

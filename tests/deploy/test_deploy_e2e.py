@@ -23,8 +23,8 @@ from deploy_support import (ADAPTER_VALUES, METRIC_RE, REPO, container, dashboar
                             one, recorded_names, simulated_pod_scrape_config, tool)
 
 httpx = pytest.importorskip("httpx")
-pytest.importorskip("service.app", reason="service not yet landed (service.app)")
-server_module = pytest.importorskip("service.loadgen.server")
+pytest.importorskip("service.frontend.app", reason="service not yet landed (service.frontend.app)")
+server_module = pytest.importorskip("bench.loadgen.server")
 
 NAMESPACE, POD = "e2e", "sait-serve-e2e-0"
 HPA_RULE = "sait:queue_wait_seconds:mean1m"

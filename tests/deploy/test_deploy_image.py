@@ -84,12 +84,15 @@ def test_dockerignore_keeps_weights_and_venv_out_of_the_context():
     assert copied and not set(copied) & set(ignored)
 
 
-def test_build_stage_copies_every_package_the_project_installs():
+def test_build_stage_copies_the_server_packages_and_not_the_tools():
     pyproject = (REPO / "pyproject.toml").read_text()
     include = re.search(r'include = \[([^\]]*)\]', pyproject).group(1)
     packages = {p.strip().strip('"').rstrip("*") for p in include.split(",")}
     copied = {Path(src).name for src in re.findall(r"^COPY (?!--from)(\S+) \./\S+$", DOCKERFILE.read_text(), re.M)}
-    assert packages <= copied
+    # The image installs the runtime only: the load and benchmark tools (bench/) stay out.
+    assert "bench" in packages and packages - {"bench"} <= copied and "bench" not in copied
+    install = re.search(r"pip install --no-cache-dir \"\.\[([^\]]*)\]\"", DOCKERFILE.read_text()).group(1)
+    assert "bench" not in install.split(",") and "dev" not in install.split(",")
     readme = re.search(r'^readme = "([^"]+)"', pyproject, re.M).group(1)
     assert re.search(rf"^COPY pyproject\.toml {re.escape(readme)} \./$", DOCKERFILE.read_text(), re.M)
 

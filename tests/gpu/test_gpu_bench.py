@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.bench.model_bench import ModelBenchConfig, run_model_bench
-from service.bench.report import model_markdown
+from bench.model_bench import ModelBenchConfig, run_model_bench
+from bench.report import model_markdown
 
 pytestmark = [
     pytest.mark.gpu,

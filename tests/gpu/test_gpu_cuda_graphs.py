@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from models import load_model
-from service.cuda_graphs import CudaGraphRunner
-from service.runner import EagerRunner, create_runner
+from service.device.cuda_graphs import CudaGraphRunner
+from service.device.factory import create_runner
+from service.device.runner import EagerRunner
 
 pytestmark = [
     pytest.mark.gpu,

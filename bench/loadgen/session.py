@@ -1,0 +1,125 @@
+"""One load run end to end: schedule, send, summarize. Shared by the CLI, overload and soak."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from bench.loadgen.arrivals import Process, RateProfile, arrival_times
+from bench.loadgen.client import Result, Target
+from bench.loadgen.driver import check_live, make_client, prepare_target, run_closed_loop, run_open_loop
+from bench.loadgen.payloads import Payload
+from bench.loadgen.report import summarize
+from bench.loadgen.scenario import Dials, Scenario
+
+
+@dataclass(frozen=True)
+class LoadRun:
+    """Everything one open-loop run needs.
+
+    Args:
+        base_url: checked target URL (see driver.check_target).
+        target: API, payload kind, model name.
+        profile: offered rate over time.
+        scenario: the mix of per-request dials.
+        payloads: prepared request bodies.
+        process: "poisson" or "constant" arrivals.
+        max_requests: hard cap on the number of requests.
+        max_inflight: most outstanding requests (the rest are counted as unsent).
+        timeout_s: per-request client timeout.
+        seed: seeds arrivals and the class mix.
+        progress: show a tqdm bar.
+    """
+
+    base_url: str
+    target: Target
+    profile: RateProfile
+    scenario: Scenario
+    payloads: Sequence[Payload]
+    process: Process = "poisson"
+    max_requests: int = 100_000
+    max_inflight: int = 512
+    timeout_s: float = 30.0
+    seed: int = 0
+    progress: bool = True
+
+
+async def execute_async(run: LoadRun) -> tuple[list[Result], dict]:
+    arrivals = arrival_times(run.profile, process=run.process, max_requests=run.max_requests, seed=run.seed)
+    dials = run.scenario.assign(len(arrivals), seed=run.seed)
+    bar = tqdm(total=len(arrivals), unit="req", disable=not run.progress, mininterval=0.5,
+               desc=f"{run.target.api} {run.profile.peak_rps:.0f}/s")
+    async with make_client(run.base_url, max_inflight=run.max_inflight, timeout_s=run.timeout_s) as client:
+        await check_live(client)
+        target = await prepare_target(client, run.target)
+        cpu_s, wall_s = time.process_time(), time.perf_counter()
+        try:
+            results = await run_open_loop(
+                client=client, target=target, arrivals_s=arrivals, dials=dials, scenario=run.scenario,
+                payloads=run.payloads, max_inflight=run.max_inflight, timeout_s=run.timeout_s,
+                on_done=lambda _r: bar.update(1),
+            )
+        finally:
+            bar.close()
+        cpu_s, wall_s = time.process_time() - cpu_s, time.perf_counter() - wall_s
+    summary = summarize(results, duration_s=run.profile.duration_s)
+    # What the generator itself took of the machine: on a machine it shares with the server,
+    # every core it uses is one the server does not have.
+    summary["client_cpu_cores"] = cpu_s / wall_s if wall_s > 0 else float("nan")
+    summary["nominal_rps"] = run.profile.expected_count / run.profile.duration_s
+    return results, summary
+
+
+def run_async(coro):
+    """asyncio.run on uvloop when it is installed: less client CPU per request, so the
+    generator keeps its schedule longer on a machine it shares with the server."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def execute(run: LoadRun) -> tuple[list[Result], dict]:
+    """Run the schedule against the server; (per-request results, summary)."""
+    return run_async(execute_async(run))
+
+
+def budget_point(*, base_url: str, target: Target, rate_rps: float, duration_s: float, budget_ms: float,
+                 payloads: Sequence[Payload], seed: int) -> tuple[list[Result], dict]:
+    """One point of an overload sweep: Poisson arrivals at a constant rate, every request with
+    the same budget and no density; the client waits 10 budgets (at least 30 s) per request."""
+    run = LoadRun(base_url=base_url, target=target, profile=RateProfile.constant(rate_rps, duration_s),
+                  scenario=Scenario.single(Dials(name="budget", latency_budget_ms=budget_ms)), payloads=payloads,
+                  seed=seed, progress=False, timeout_s=max(30.0, 10 * budget_ms / 1e3))
+    return execute(run)
+
+
+def measure_capacity(*, base_url: str, target: Target, payloads: Sequence[Payload], concurrency: int,
+                     duration_s: float, dials: Dials | None = None, timeout_s: float = 60.0) -> dict:
+    """Closed-loop throughput: `concurrency` clients back to back for duration_s.
+
+    The first fifth of the time is a warm-up and is not counted. Requests carry a 60 s budget
+    by default: with the server's default budget, the closed loop's own queue would be shed.
+    """
+    dials = dials or Dials(name="capacity", latency_budget_ms=60_000.0)
+
+    async def go() -> list[Result]:
+        async with make_client(base_url, max_inflight=concurrency, timeout_s=timeout_s) as client:
+            tgt = await prepare_target(client, target)
+            return await run_closed_loop(client=client, target=tgt, dials=dials, payloads=payloads,
+                                         concurrency=concurrency, duration_s=duration_s)
+
+    results = run_async(go())
+    warm_s = duration_s / 5
+    # Count completions inside the measured window [warm_s, duration_s].
+    done = [r for r in results if r.outcome == "ok" and warm_s <= r.scheduled_s + r.latency_ms / 1e3 <= duration_s]
+    summary = summarize([r for r in results if r.scheduled_s >= warm_s], duration_s=duration_s - warm_s)
+    summary["capacity_rps"] = len(done) / (duration_s - warm_s)
+    summary["concurrency"] = concurrency
+    return summary

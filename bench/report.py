@@ -1,0 +1,110 @@
+"""Markdown tables for benchmark results (the JSON holds every number; these are the views)."""
+from __future__ import annotations
+
+from bench.environment import headline
+from bench.targets import model_only_reference
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return "n/a" if v != v else (f"{v:.3g}" if abs(v) < 10 else f"{v:,.1f}")
+        return "–" if v is None else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _header(result: dict, title: str, command: str) -> list[str]:
+    s = result["settings"]
+    out = [f"### {title}", "", f"- Machine: {headline(result['environment'])}"]
+    if command:
+        out.append(f"- Command: `{command}`")
+    keys = [k for k in ("model", "precision", "batch_sizes", "max_batch_size", "concurrency", "duration_s") if k in s]
+    out.append("- Settings: " + ", ".join(f"{k}={s[k]}" for k in keys))
+    out += [f"- Note: {n}" for n in result.get("notes", [])]
+    return out + [""]
+
+
+def model_markdown(result: dict, command: str = "") -> str:
+    modes = sorted({r["mode"] for r in result["throughput"]}, key=["eager", "graphs"].index)
+    by = {(r["mode"], r["level"], r["batch"]): r for r in result["throughput"]}
+    levels = result["settings"]["levels"]
+    dense = levels[0]
+    out = _header(result, f"Model only: {result['settings']['model']}", command)
+    out += ["(a) images/s per level and batch size (`Runner.run` on a host uint8 batch: upload, normalize, "
+            "model, softmax/top-k, download). *Speed-up* is over dense at the same batch and mode; *ideal* is "
+            "dense GFLOPs / level GFLOPs; *of ideal* is their ratio (what the reducers' own work and the "
+            "smaller matrices cost).", ""]
+    rows = []
+    for level in levels:
+        info = result["levels"][level]
+        for b in result["settings"]["batch_sizes"]:
+            row = [level, info["gflops"], b]
+            for m in modes:
+                row.append(by[(m, level, b)]["images_per_s"])
+            if "graphs" in modes:
+                row.append(by[("graphs", level, b)]["images_per_s"] / by[("eager", level, b)]["images_per_s"])
+            best = modes[-1]
+            speedup = by[(best, level, b)]["images_per_s"] / by[(best, dense, b)]["images_per_s"]
+            ideal = result["levels"][dense]["gflops"] / info["gflops"]
+            row += [speedup, ideal, speedup / ideal]
+            rows.append(row)
+    head = ["level", "GMACs/img", "batch", *[f"{m} img/s" for m in modes]]
+    head += (["graphs/eager"] if "graphs" in modes else []) + [f"speed-up vs dense ({modes[-1]})", "ideal", "of ideal"]
+    out += [_table(head, rows), ""]
+
+    lat = {(r["mode"], r["level"]): r for r in result["latency"]}
+    out += ["(b) batch-1 latency, ms (p50 / p90 of synchronized calls)", ""]
+    rows = []
+    for level in levels:
+        row = [level]
+        for m in modes:
+            row += [lat[(m, level)]["p50_ms"], lat[(m, level)]["p90_ms"]]
+        if "graphs" in modes:
+            row.append(lat[("graphs", level)]["p50_ms"] / lat[("eager", level)]["p50_ms"])
+        rows.append(row)
+    head = ["level"] + [f"{m} {p}" for m in modes for p in ("p50", "p90")] + (["graphs/eager p50"] if "graphs" in modes else [])
+    out += [_table(head, rows), ""]
+
+    peak = result["matmul_peak_tflops"]
+    n = result["settings"]["matmul_n"]
+    out += [f"(c) FLOP utilization: achieved FLOP/s (2 x GMACs x images/s) over the matmul peak measured in "
+            f"this run ({n}x{n}x{n}: " + ", ".join(f"{k} {v:.3g} TFLOP/s" for k, v in peak.items()) + ")", ""]
+    prec = result["settings"]["precision"]
+    rows = []
+    for level in levels:
+        for b in result["settings"]["batch_sizes"][-1:]:
+            r = by[(modes[-1], level, b)]
+            rows.append([level, b, modes[-1], r["achieved_tflops"], r["mfu_bf16_peak"], r.get(f"mfu_{prec}_peak")])
+    out += [_table(["level", "batch", "mode", "achieved TFLOP/s", "of bf16 peak", f"of {prec} peak"], rows), ""]
+    g = result.get("cuda_graphs")
+    if g:
+        out += [f"CUDA graphs: {g['graphs']} captured (buckets {g['buckets']}) in {g['capture_seconds']:.2f} s, "
+                f"pool {g['graph_memory_bytes'] / 2**20:.0f} MiB.", ""]
+    return "\n".join(out)
+
+
+def e2e_markdown(result: dict, command: str = "", model_only: dict | None = None) -> str:
+    out = _header(result, f"End to end: {result['settings']['model']}", command)
+    ref = model_only_reference(model_only, result["settings"]["max_batch_size"]) if model_only else {}
+    rows = []
+    for r in result["rows"]:
+        m = ref.get(r["level"])
+        rows.append([r["level"], r["input"], r["images_per_s"], r["p50_ms"], r["p99_ms"], f"{r['ok']}/{r['requests']}",
+                     None if m is None else f"{m['images_per_s']:.1f} (batch {m['batch']})",
+                     None if m is None else r["images_per_s"] / m["images_per_s"]])
+    out += [f"(d) closed loop over loopback, {result['settings']['api']}.", ""]
+    out += [_table(["level", "input", "img/s", "p50 ms", "p99 ms", "ok/sent", "model-only img/s", "e2e / model-only"], rows), ""]
+    return "\n".join(out)
+
+
+def precision_markdown(result: dict, command: str = "") -> str:
+    out = _header(result, f"Precision: {result['settings']['model']}", command)
+    out += ["Images: " + ", ".join(f"{k} {v}" for k, v in result["images"].items()) + ". Agreement = same top-1 "
+            "as fp32 at the same level on the same input.", ""]
+    rows = [[r["level"], r["precision"], r["images"], f"{100 * r['agreement_with_fp32']:.2f} %", r["disagreements"],
+             f"{100 * r['top1']:.2f} %", f"{100 * r['fp32_top1_same_images']:.2f} %"] for r in result["rows"]]
+    out += [_table(["level", "precision", "images", "top-1 agreement with fp32", "disagree", "top-1", "fp32 top-1"], rows), ""]
+    return "\n".join(out)

@@ -1,0 +1,24 @@
+"""Targets are computed from measured cells."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.targets import e2e_checks, model_checks, targets_markdown
+
+
+def test_targets_are_computed_from_measured_cells(model_result):
+    # The CPU fixture measures batches 1 and 2 eager: no batch >= 64 and no graphs, so the
+    # model checks are empty; a copy relabelled as batch 64 yields one speed-up check.
+    assert model_checks(model_result) == []
+    relabelled = {**model_result, "settings": {**model_result["settings"], "batch_sizes": (64,)},
+                  "throughput": [{**t, "batch": 64} for t in model_result["throughput"] if t["batch"] == 2]}
+    (check,) = model_checks(relabelled)
+    by = {t["level"]: t["images_per_s"] for t in relabelled["throughput"]}
+    ideal = model_result["levels"]["dense"]["gflops"] / model_result["levels"]["l050"]["gflops"]
+    assert check.value == pytest.approx(by["l050"] / by["dense"] / ideal) and check.threshold == 0.95
+    e2e = {"settings": {"max_batch_size": 2}, "rows": [{"level": "dense", "input": "jpeg", "images_per_s": 1.0}]}
+    (c,) = e2e_checks(e2e, model_result)
+    ref = next(t for t in model_result["throughput"] if t["level"] == "dense" and t["batch"] == 2)
+    assert c.value == pytest.approx(1.0 / ref["images_per_s"]) and c.threshold == 0.70
+    assert ("| yes |" if c.ok else "| NO |") in targets_markdown([c])

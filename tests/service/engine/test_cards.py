@@ -1,0 +1,68 @@
+"""The accuracy dial through a level card (SAIT_LEVEL_CARD), a level subset, and a fixed policy."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from svc_helpers import TINY, png_bytes, running_server
+
+# Invented numbers for the random tiny model: the card only has to drive the dial's mechanics.
+CARD = {
+    "model": TINY,
+    "levels": [
+        {"name": "dense", "reducer": "none", "gflops": 0.1, "gflops_ratio": 1.0, "top1": 0.80, "agreement": 1.0},
+        {"name": "l080", "reducer": "prune", "gflops": 0.08, "gflops_ratio": 0.78, "top1": 0.79, "agreement": 0.97},
+        {"name": "l060", "reducer": "prune", "gflops": 0.06, "gflops_ratio": 0.59, "top1": 0.76, "agreement": 0.92},
+        {"name": "l050", "reducer": "prune", "gflops": 0.05, "gflops_ratio": 0.49, "top1": 0.70, "agreement": 0.85},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def card_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("card") / "card.json"
+    path.write_text(json.dumps(CARD))
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(card_path):
+    with running_server(level_card=str(card_path), levels="dense,l080,l060,l050", policy="fixed:0.6",
+                        default_budget_ms=60_000, max_queue_delay_ms=0) as s:
+        yield s
+
+
+def classify(server, **params):
+    return httpx.post(f"{server.url}/v1/classify", content=png_bytes(), params=params, timeout=60)
+
+
+def test_fixed_policy_serves_requests_without_a_dial(server):
+    doc = classify(server).json()
+    assert (doc["level"], doc["reason"]) == ("l060", "policy")
+    assert doc["level_info"]["top1"] == 0.76 and doc["level_info"]["agreement"] == 0.92
+
+
+@pytest.mark.parametrize("floor,level", [(0.75, "l060"), (0.78, "l080"), (0.8, "dense"), (0.5, "l050")])
+def test_min_accuracy_picks_the_fastest_level_meeting_it(server, floor, level):
+    doc = classify(server, min_accuracy=floor).json()
+    assert (doc["level"], doc["reason"]) == (level, "accuracy")
+
+
+def test_unreachable_accuracy_and_unserved_levels_are_400(server):
+    r = classify(server, min_accuracy=0.95)
+    assert r.status_code == 400 and "no level reaches" in r.json()["error"]
+    r = classify(server, density="l070")
+    assert r.status_code == 400 and "served levels: dense, l080, l060, l050" in r.json()["error"]
+
+
+def test_v2_reports_card_values_in_parameters(server):
+    import base64
+
+    body = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                        "data": [base64.b64encode(png_bytes()).decode()]}],
+            "parameters": {"min_accuracy": 0.78}}
+    doc = httpx.post(f"{server.url}/v2/models/{TINY}/infer", json=body, timeout=60).json()
+    assert doc["parameters"]["level"] == "l080" and doc["parameters"]["top1"] == 0.79
+    meta = httpx.get(f"{server.url}/v2/models/{TINY}").json()
+    assert meta["parameters"]["levels"] == "dense,l080,l060,l050"

@@ -1,0 +1,32 @@
+"""Settings: flags over environment over defaults; a bad value is one line naming it."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.settings import SettingsError, load_settings
+
+
+def test_settings_flags_over_env_over_defaults(monkeypatch):
+    monkeypatch.setenv("SAIT_MAX_BATCH_SIZE", "16")
+    monkeypatch.setenv("SAIT_POLICY", "fixed:0.6")
+    s = load_settings(["--max-batch-size", "4", "--no-cuda-graphs", "--levels", "dense, l050"])
+    assert s.max_batch_size == 4 and s.policy == "fixed:0.6" and s.fixed_density == 0.6
+    assert s.cuda_graphs is False and s.level_names == ("dense", "l050") and s.model_name == s.model
+    assert load_settings(["--policy", "fixed:dense"]).fixed_density == "dense"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--max-batch-size", "0"], "SAIT_MAX_BATCH_SIZE (--max-batch-size)"),
+    (["--policy", "fastest"], "SAIT_POLICY"),
+    (["--policy", "fixed:1.5"], "out of range"),
+    (["--device", "tpu"], "SAIT_DEVICE"),
+    (["--safety-margin", "1"], "SAIT_SAFETY_MARGIN"),
+    (["--levels", "dense,,l050"], "SAIT_LEVELS"),
+    (["--port", "http"], "SAIT_PORT"),
+    (["--torch-threads", "-1"], "SAIT_TORCH_THREADS"),
+])
+def test_settings_refused_with_one_line(argv, message):
+    with pytest.raises(SettingsError) as info:
+        load_settings(argv)
+    assert message in str(info.value) and "\n" not in str(info.value)
