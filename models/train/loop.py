@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from models import DENSE, SparseViT, load_model
+from models.device import resolve_device
 from models.train.checkpoint import export_weights, has_checkpoint, load_checkpoint, save_checkpoint
 from models.train.config import RESUME_KEYS, TrainConfig
 from models.train.curves import plot_curves
@@ -58,14 +59,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     for name, p in model.named_parameters():
         (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but CUDA is not available")
-    return torch.device(name)
 
 
 class Trainer:
