@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from models import load_model
 from models.train import TrainConfig, train
 from models.train.__main__ import main
-from models.train.loop import lr_at, sample_levels
+from models.train.loop import Trainer, create_scheduler, sample_levels
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +72,43 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(pool, make_cfg, tmp_pat
     assert oa.keys() == ob.keys() and all(torch.equal(oa[k], ob[k]) for k in oa)
 
 
-def test_schedule_and_level_sampling():
+def _lr(scheduler, step: int) -> float:
+    scheduler.step_update(step)
+    return scheduler.optimizer.param_groups[0]["lr"]
+
+
+def _scheduler(cfg: TrainConfig, total_steps: int):
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    return create_scheduler(optimizer, cfg, total_steps)
+
+
+def test_schedule_warms_up_then_decays_along_a_cosine_and_keeps_no_state():
     cfg = TrainConfig(lr=1e-3, min_lr=0.0, warmup_steps=10)
-    assert lr_at(0, total=100, cfg=cfg) == pytest.approx(1e-4)
-    assert lr_at(10, total=100, cfg=cfg) == pytest.approx(1e-3)
-    assert lr_at(100, total=100, cfg=cfg) == pytest.approx(0.0)
+    sched = _scheduler(cfg, 100)
+    assert _lr(sched, 0) == pytest.approx(0.0)  # warm-up starts at min_lr
+    assert _lr(sched, 5) == pytest.approx(5e-4)
+    assert _lr(sched, 10) == pytest.approx(1e-3)
+    assert _lr(sched, 55) == pytest.approx(5e-4)  # half-way through the cosine
+    assert _lr(sched, 100) == pytest.approx(0.0)
+    assert _lr(_scheduler(TrainConfig(lr=1e-3, min_lr=1e-5, warmup_steps=10), 100), 0) == pytest.approx(1e-5)
+    # The rate is a function of the step: a fresh scheduler (a resumed run's) agrees, state and all.
+    fresh = _scheduler(cfg, 100)
+    assert _lr(fresh, 37) == _lr(sched, 37) and fresh.state_dict() == sched.state_dict()
+
+
+def test_level_sampling():
     levels = ["dense", "l090", "l080", "l070", "l060", "l050"]
     got = sample_levels(levels, k=2, rng=random.Random(0))
     assert got[0] == "dense" and got[-1] == "l050" and len(set(got)) == 4
+
+
+def test_no_weight_decay_on_norms_biases_position_embedding_and_class_token(make_cfg, tmp_path):
+    trainer = Trainer(make_cfg(tmp_path / "groups"))
+    names = {id(p): n for n, p in trainer.student.timm_model.named_parameters()}
+    by_decay = {g["weight_decay"]: {names[id(p)] for p in g["params"]} for g in trainer.optimizer.param_groups}
+    assert set(by_decay) == {0.0, 0.05} and sum(map(len, by_decay.values())) == len(names)
+    assert {"cls_token", "pos_embed", "norm.weight", "blocks.0.norm1.bias", "blocks.0.attn.qkv.bias"} <= by_decay[0.0]
+    assert all(n.endswith(".weight") and "norm" not in n for n in by_decay[0.05])
 
 
 @pytest.mark.gpu
