@@ -34,5 +34,10 @@ def test_mixup_takes_what_timms_refuses():
         timm_mixup(x.clone(), torch.tensor([1, 2, 3]))  # batch_size may be odd here
     with pytest.raises(RuntimeError, match="out of bounds"):
         timm_mixup(torch.cat([x, x[:1]]), torch.tensor([1, UNLABELED, 3, 4]))  # unlabeled images
+    draws = []
+    for seed in (0, 1):  # its lam comes from NumPy's global generator, not from the step's
+        np.random.seed(seed)
+        draws.append(timm_mixup(torch.cat([x, x[:1]]), torch.tensor([1, 2, 3, 4]))[1])
+    assert not torch.equal(*draws)
     mixed, (partner, lam) = mixup(x, torch.tensor([1, UNLABELED, 3]), 0.3)
     assert mixed.shape == x.shape and partner.tolist() == [3, UNLABELED, 1] and lam == 0.3
