@@ -25,15 +25,14 @@ evaluation): it reuses the probe's tokens, so an image costs exactly its level's
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from models.levels import DENSE, Level, block_macs
-from models.reducers import TokenState, reduce_tokens
-from models.sparse_vit import SparseViT
+from models.reducers import TokenState
+from models.sparse_vit import Attended, SparseViT
 
 
 def needed_patches(patch_attn: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -68,43 +67,15 @@ class Bucket:
     capacity_patches: int
 
 
-# reduce_tokens gained a `num_blocks` argument (schedule-aware reducers); pass it when present.
-_REDUCE_TAKES_DEPTH = "num_blocks" in inspect.signature(reduce_tokens).parameters
-
-
-def reduce_at(model: SparseViT, step, state: TokenState, cls_attn: torch.Tensor, keys: torch.Tensor) -> TokenState:
-    """The reduction SparseViT applies after a block's attention."""
-    extra = {"num_blocks": model.shape.depth} if _REDUCE_TAKES_DEPTH else {}
-    return reduce_tokens(step, state, cls_attn=cls_attn, keys=keys, **extra)
-
-
-def attention_half(model: SparseViT, blk: nn.Module, state: TokenState):
-    """A block's attention with its residual; also the class-attention row and the keys."""
-    out, cls_attn, keys = model._attention(blk.attn, blk.norm1(state.x), state.size, need_scores=True)
-    x = state.x + blk.drop_path1(blk.ls1(out))
-    return TokenState(x=x, size=state.size), cls_attn, keys
-
-
-def mlp_half(blk: nn.Module, state: TokenState) -> TokenState:
-    x = state.x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(state.x))))
-    return TokenState(x=x, size=state.size)
-
-
-def embed(model: SparseViT, x: torch.Tensor) -> TokenState:
-    m = model.timm_model
-    x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
-    return TokenState(x=x, size=None)
-
-
-def probe(model: SparseViT, x: torch.Tensor, block: int):
+def probe(model: SparseViT, x: torch.Tensor, block: int) -> Attended:
     """Run up to and including the attention of `block` (no reduction on the way).
 
-    Returns (tokens after that attention, class attention [B,N] over all tokens, keys).
+    Returns `Attended`: (tokens after that attention, class attention [B,N] over all tokens, keys).
     """
-    state = embed(model, x)
-    for blk in model.timm_model.blocks[:block]:
-        state = model._block(blk, state, None)
-    return attention_half(model, model.timm_model.blocks[block], state)
+    state = model.embed(x)
+    for i in range(block):
+        state = model.block(i, state)
+    return model.attend(block, state, need_cls_attn=True, need_keys=True)
 
 
 class AdaptiveDensity(nn.Module):
@@ -179,15 +150,13 @@ class AdaptiveDensity(nn.Module):
 
     def _finish(self, level: Level, state: TokenState, cls_attn: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """Continue `level` from the tokens after the probe block's attention."""
+        model = self.model
         steps = {s.block: s for s in level.schedule}
-        blocks = self.model.timm_model.blocks
         p = self.probe_block
-        if p in steps:
-            state = reduce_at(self.model, steps[p], state, cls_attn, keys)
-        state = mlp_half(blocks[p], state)
-        for i in range(p + 1, len(blocks)):
-            state = self.model._block(blocks[i], state, steps.get(i))
-        return self.model.forward_head(self.model.timm_model.norm(state.x))
+        state = model.reduce_and_mlp(p, state, steps.get(p), cls_attn=cls_attn, keys=keys)
+        for i in range(p + 1, model.shape.depth):
+            state = model.block(i, state, steps.get(i))
+        return model.forward_head(model.final_norm(state))
 
     def probe_gflops(self) -> float:
         """What a separate router graph costs when the level programs recompute the prefix."""

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from models.device import DeviceUnavailable, resolve_device
 from models.evalset import EvalSetError, decode_items, read_labels
 from models.levels import DENSE
 from models.loader import load_model
@@ -54,12 +55,6 @@ def parse_levels(spec: str, model: SparseViT) -> list[str]:
     if not names or unknown:
         raise UsageError(f"unknown level(s) {', '.join(unknown) or spec!r}; known: {', '.join(model.levels)}")
     return [n for n in model.levels if n in names]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but CUDA is not available")
-    return torch.device(name)
 
 
 def device_description(device: torch.device) -> str:
@@ -208,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         levels = parse_levels(args.levels, model)
         crops, labels = decode_items(items, model.data_config, progress=not args.quiet)
         rows = evaluate(model, crops, labels, levels=levels, batch_size=args.batch_size, device=device, progress=not args.quiet)
-    except (UsageError, EvalSetError, WeightsError) as exc:
+    except (UsageError, DeviceUnavailable, EvalSetError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     result = {

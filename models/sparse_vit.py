@@ -12,6 +12,8 @@ Every shape is fixed by the level: no `.item()`, `nonzero` or data-dependent siz
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,6 +21,17 @@ from torch import nn
 from models.levels import DENSE, Level, ReductionStep, VitShape, model_gflops
 from models.preprocess import DataConfig
 from models.reducers import REDUCERS, TokenState, reduce_tokens, scores_needed
+
+
+class Attended(NamedTuple):
+    """A block's tokens after its attention (residual added), before any reduction and the MLP.
+
+    `cls_attn` [B,N] and `keys` [B,N,C] are None unless `SparseViT.attend` was asked for them.
+    """
+
+    state: TokenState
+    cls_attn: torch.Tensor | None
+    keys: torch.Tensor | None
 
 
 class SparseViT(nn.Module):
@@ -90,31 +103,79 @@ class SparseViT(nn.Module):
         return self.forward_head(self.forward_features(x, self.level(level)))
 
     def forward_features(self, x: torch.Tensor, level: Level) -> torch.Tensor:
+        """Normalized images [B,3,H,W] -> final-norm tokens at `level` (what `forward_head` takes)."""
+        steps = {s.block: s for s in level.schedule}
+        state = self.embed(x)
+        for i in range(self.shape.depth):
+            state = self.block(i, state, steps.get(i))
+        return self.final_norm(state)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.timm_model.forward_head(x)
+
+    # -- the parts forward_features is made of --------------------------------------------
+    # Public so that a caller can stop between them: models.adaptive probes up to a block's
+    # attention and continues each image at its own level; models.train reads class attention.
+    def embed(self, x: torch.Tensor) -> TokenState:
+        """Normalized images [B,3,H,W] -> the tokens entering block 0, as timm makes them.
+
+        Patch embedding, class token and position embedding, patch dropout, pre-norm; no sizes
+        (every token stands for one patch).
+        """
         m = self.timm_model
         x = m.patch_embed(x)
         x = m._pos_embed(x)
         x = m.patch_drop(x)
         x = m.norm_pre(x)
-        steps = {s.block: s for s in level.schedule}
-        state = TokenState(x=x, size=None)
-        for i, blk in enumerate(m.blocks):
-            state = self._block(blk, state, steps.get(i))
-        return m.norm(state.x)
+        return TokenState(x=x, size=None)
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.timm_model.forward_head(x)
+    def block(self, index: int, state: TokenState, step: ReductionStep | None = None) -> TokenState:
+        """Block `index` whole: `attend`, then `reduce_and_mlp` with `step` (None: no reduction).
 
-    def _block(self, blk: nn.Module, state: TokenState, step: ReductionStep | None) -> TokenState:
+        The class-attention row and the keys are computed only when the step's reducer needs them.
+        """
         need_cls_attn, need_keys = scores_needed(step, self.shape.depth)
-        attn_out, cls_attn, keys = self._attention(
+        attended = self.attend(index, state, need_cls_attn=need_cls_attn, need_keys=need_keys)
+        return self.reduce_and_mlp(index, attended.state, step, cls_attn=attended.cls_attn, keys=attended.keys)
+
+    def attend(
+        self, index: int, state: TokenState, *, need_cls_attn: bool = False, need_keys: bool = False
+    ) -> Attended:
+        """First half of block `index`: its attention with the residual added.
+
+        Args:
+            need_cls_attn: also return the class token's attention row [B,N] (mean over heads).
+            need_keys: also return this attention's keys [B,N,heads*head_dim].
+        """
+        blk = self.timm_model.blocks[index]
+        out, cls_attn, keys = self._attention(
             blk.attn, blk.norm1(state.x), state.size, need_cls_attn=need_cls_attn, need_keys=need_keys
         )
-        x = state.x + blk.drop_path1(blk.ls1(attn_out))
-        state = TokenState(x=x, size=state.size)
+        x = state.x + blk.drop_path1(blk.ls1(out))
+        return Attended(TokenState(x=x, size=state.size), cls_attn, keys)
+
+    def reduce_and_mlp(
+        self,
+        index: int,
+        state: TokenState,
+        step: ReductionStep | None = None,
+        *,
+        cls_attn: torch.Tensor | None = None,
+        keys: torch.Tensor | None = None,
+    ) -> TokenState:
+        """Second half of block `index`: the reduction `step` (if any), then the MLP with the residual.
+
+        `cls_attn` and `keys` are `attend`'s, for the reducers that rank or match tokens by them.
+        """
+        blk = self.timm_model.blocks[index]
         if step is not None:
             state = reduce_tokens(step, state, cls_attn=cls_attn, keys=keys, num_blocks=self.shape.depth)
         x = state.x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(state.x))))
         return TokenState(x=x, size=state.size)
+
+    def final_norm(self, state: TokenState) -> torch.Tensor:
+        """Tokens after the last block -> the features `forward_head` takes."""
+        return self.timm_model.norm(state.x)
 
     @staticmethod
     def _attention(
@@ -122,15 +183,10 @@ class SparseViT(nn.Module):
         x: torch.Tensor,
         size: torch.Tensor | None,
         *,
-        need_scores: bool = False,
         need_cls_attn: bool = False,
         need_keys: bool = False,
     ):
-        """timm Attention, plus (when asked) the class-token attention row and the keys.
-
-        `need_scores` asks for both (models.adaptive and models.train call it that way).
-        """
-        need_cls_attn, need_keys = need_cls_attn or need_scores, need_keys or need_scores
+        """timm Attention, plus (when asked) the class-token attention row and the keys."""
         b, n, _ = x.shape
         qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)

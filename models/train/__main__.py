@@ -57,13 +57,14 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     from models import WeightsError
+    from models.device import DeviceUnavailable
     from models.train.data import TrainDataError
     from models.train.loop import train
 
     try:
         cfg = config_from_args(argv)
         summary = train(cfg)
-    except (ValueError, KeyError, WeightsError, TrainDataError) as exc:
+    except (ValueError, KeyError, WeightsError, TrainDataError, DeviceUnavailable) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return 2

@@ -34,6 +34,14 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
     for name, value in tensors.items():
         _, idx, key = name.split(".", 2)
         state.setdefault(int(idx), {})[key] = value
+    # The state is keyed by parameter position: a checkpoint written with other parameter
+    # groups (another model, or another order) would hand a parameter someone else's moments.
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for idx, entry in sorted(state.items()):
+        shapes = {tuple(v.shape) for v in entry.values() if v.dim() > 0}
+        if idx >= len(params) or shapes - {tuple(params[idx].shape)}:
+            raise ValueError(f"checkpoint optimizer state {idx} does not fit this run's parameters "
+                             "(written by another model or another version of the training code)")
     # Hyperparameters come from the current settings; only the moments are restored.
     optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 

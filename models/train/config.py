@@ -24,8 +24,9 @@ class TrainConfig:
             splitting one run over several sessions with --resume.
         max_minutes: stop (with a checkpoint) once this much wall time has passed.
         batch_size: images per step (every sampled level sees the same batch).
-        lr / min_lr / warmup_steps / weight_decay / clip_grad: AdamW with linear warm-up then
-            cosine decay to min_lr; gradient norm clipped to clip_grad.
+        lr / min_lr / warmup_steps / weight_decay / clip_grad: AdamW; the rate warms up linearly
+            from min_lr to lr over warmup_steps, then decays along a cosine to min_lr (timm's
+            CosineLRScheduler, per step); gradient norm clipped to clip_grad.
         temperature: softening of teacher and student logits in the KL term.
         ce_weight: weight of cross-entropy on images that carry a label.
         token_weight: weight of the token-score term (0 turns it off).

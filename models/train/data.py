@@ -121,3 +121,16 @@ def epoch_loader(dataset: SeededImages, *, batch_size: int, seed: int, epoch: in
     sampler = EpochSampler(len(dataset), seed=seed, epoch=epoch, skip=skip_batches * batch_size)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
                       num_workers=num_workers, pin_memory=pin_memory)
+
+
+def mixup(x: torch.Tensor, labels: torch.Tensor, lam: float) -> tuple[torch.Tensor, tuple[torch.Tensor, float]]:
+    """Mixup of a batch with its reverse: (x·lam + x.flip(0)·(1-lam), (partner labels, lam)).
+
+    `labelled_ce(..., mix=...)` takes the second item: it skips pairs with an unlabeled image.
+    Not timm.data.Mixup, whose image blend is the same (its batch mode), because it asserts an
+    even batch (batch_size may be odd here), one-hot encodes the labels (UNLABELED, -1, has no
+    class: scatter fails) and draws lam from NumPy's global generator (the loop draws it from
+    the step's seeded generator, so that a resumed run mixes as the uninterrupted run did).
+    tests/models/train/test_data.py checks the blend against timm's and these limits.
+    """
+    return lam * x + (1 - lam) * x.flip(0), (labels.flip(0), lam)

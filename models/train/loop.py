@@ -10,30 +10,35 @@ run is the uninterrupted run.
 from __future__ import annotations
 
 import copy
-import math
 import random
 import time
 from pathlib import Path
 
 import torch
+from timm.optim import param_groups_weight_decay
+from timm.scheduler import CosineLRScheduler
 from tqdm import tqdm
 
 from models import DENSE, SparseViT, load_model
+from models.device import resolve_device
 from models.train.checkpoint import export_weights, has_checkpoint, load_checkpoint, save_checkpoint
 from models.train.config import RESUME_KEYS, TrainConfig
 from models.train.curves import plot_curves
-from models.train.data import SeededImages, TrainDataError, build_transform, epoch_loader, read_train_labels
+from models.train.data import SeededImages, TrainDataError, build_transform, epoch_loader, mixup, read_train_labels
 from models.train.losses import distill_kl, labelled_ce, token_kl
 from models.train.scores import dense_with_class_attention
 
 
-def lr_at(step: int, *, total: int, cfg: TrainConfig) -> float:
-    """Linear warm-up over warmup_steps, then cosine decay from lr to min_lr."""
-    warm = min(cfg.warmup_steps, max(total - 1, 0))
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    progress = (step - warm) / max(total - warm, 1)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+def create_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> CosineLRScheduler:
+    """Per optimizer step: linear warm-up from min_lr to lr over warmup_steps, then cosine decay to min_lr.
+
+    The rate is a function of the step alone (one cycle, no noise): the scheduler's state_dict
+    holds only these settings and `metric`, so a checkpoint stores none of it, and calling
+    `step_update(step)` before every step gives a resumed run the uninterrupted run's rates.
+    """
+    warm = min(cfg.warmup_steps, max(total_steps - 1, 0))
+    return CosineLRScheduler(optimizer, t_initial=max(total_steps - warm, 1), lr_min=cfg.min_lr, warmup_t=warm,
+                             warmup_lr_init=cfg.min_lr, warmup_prefix=True, t_in_epochs=False)
 
 
 def ordered_levels(model: SparseViT, names: tuple[str, ...] | None) -> list[str]:
@@ -49,23 +54,6 @@ def sample_levels(levels: list[str], *, k: int, rng: random.Random) -> list[str]
     middle = levels[1:-1]
     picked = rng.sample(middle, min(k, len(middle)))
     return [levels[0], *sorted(picked, key=levels.index), levels[-1]] if len(levels) > 1 else levels
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on norms, biases, position embedding and class token (timm's rule)."""
-    skip = set(getattr(model, "no_weight_decay", lambda: set())())
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but CUDA is not available")
-    return torch.device(name)
 
 
 class Trainer:
@@ -96,8 +84,11 @@ class Trainer:
                                     auto_augment=cfg.auto_augment, crop_scale_min=cfg.crop_scale_min)
         self.dataset = SeededImages(rows, transform)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-        self.optimizer = torch.optim.AdamW(param_groups(self.student.timm_model, cfg.weight_decay),
-                                           lr=cfg.lr, betas=(0.9, 0.999))
+        # No weight decay on norms, biases, position embedding and class token (timm's rule).
+        vit = self.student.timm_model
+        groups = param_groups_weight_decay(vit, cfg.weight_decay, no_weight_decay_list=vit.no_weight_decay())
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
+        self.scheduler = create_scheduler(self.optimizer, cfg, self.total_steps)
         self.step = 0
         self.history: list[dict] = []
 
@@ -108,16 +99,13 @@ class Trainer:
     def train_step(self, x: torch.Tensor, labels: torch.Tensor) -> dict:
         cfg = self.cfg
         rng = random.Random(cfg.seed * 7_919 + self.step)
-        lr = lr_at(self.step, total=self.total_steps, cfg=cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.scheduler.step_update(self.step)
+        lr = self.optimizer.param_groups[0]["lr"]
         x = x.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         mix = None
         if cfg.mixup_alpha > 0:
-            lam = rng.betavariate(cfg.mixup_alpha, cfg.mixup_alpha)
-            x = lam * x + (1 - lam) * x.flip(0)
-            mix = (labels.flip(0), lam)
+            x, mix = mixup(x, labels, rng.betavariate(cfg.mixup_alpha, cfg.mixup_alpha))
         use_tokens = cfg.token_weight > 0
         with torch.no_grad(), self._autocast():
             if use_tokens:

@@ -2,28 +2,27 @@
 
 The token-score term needs the student's class attention at the first reduction block (the
 scores the prune reducer ranks by) and the teacher's at a later block. SparseViT's forward
-does not expose them, so this runs the same blocks (same weights, same math as the dense
-level) and keeps the rows it is asked for.
+does not expose them, so this runs the same blocks through SparseViT's public parts (same
+weights, same math as the dense level) and keeps the rows it is asked for.
 """
 from __future__ import annotations
 
 import torch
 
-from models.adaptive import attention_half, embed, mlp_half
 from models.sparse_vit import SparseViT
 
 
 def dense_with_class_attention(model: SparseViT, x: torch.Tensor, blocks: set[int]):
     """(logits [B,classes], {block: class attention over the patches [B,N]})."""
     prefix = model.shape.num_prefix_tokens
-    state = embed(model, x)
+    state = model.embed(x)
     rows: dict[int, torch.Tensor] = {}
-    for i, blk in enumerate(model.timm_model.blocks):
+    for i in range(model.shape.depth):
         if i in blocks:
-            state, cls_attn, _ = attention_half(model, blk, state)
+            state, cls_attn, _ = model.attend(i, state, need_cls_attn=True)
             rows[i] = cls_attn[:, prefix:]
-            state = mlp_half(blk, state)
+            state = model.reduce_and_mlp(i, state)
         else:
-            state = model._block(blk, state, None)
-    logits = model.forward_head(model.timm_model.norm(state.x))
+            state = model.block(i, state)
+    logits = model.forward_head(model.final_norm(state))
     return logits, rows

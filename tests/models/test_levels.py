@@ -68,23 +68,3 @@ def test_bad_schedules_are_refused(tiny_model):
 def test_as_dict_has_the_card_fields(tiny_model):
     d = tiny_model.level("l060").as_dict()
     assert set(d) == {"name", "reducer", "tokens_per_block", "gflops", "gflops_ratio"}
-
-
-@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "deit_small_patch16_224", "vit_base_patch16_384"])
-def test_default_recipes_fit_any_vit(name):
-    from models.schedules import DEFAULT_RECIPES, fit, gflops_ratio
-
-    with torch.device("meta"):
-        shape = vit_shape(timm.create_model(name, pretrained=False))
-    for target, recipe in DEFAULT_RECIPES.items():
-        steps = fit(recipe, shape, target)
-        assert target - 0.02 < gflops_ratio(shape, steps) <= target
-        keeps = [s.keep for s in steps]
-        assert keeps == sorted(keeps, reverse=True) and keeps[-1] == 2  # last block: class token (+1)
-
-
-def test_recipe_profile_is_checked():
-    from models.schedules import Recipe
-
-    with pytest.raises(ValueError, match="profile"):
-        Recipe(profile="linear")

@@ -165,3 +165,25 @@ def test_rejects_vits_whose_pooling_the_reducers_would_break(kwargs):
     vit = VisionTransformer(img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2, **kwargs)
     with pytest.raises(ValueError, match="class-token pooling"):
         SparseViT(vit)
+
+
+def test_public_parts_make_forward_features_bit_for_bit(all_reducers_model, images):
+    """embed -> block per block -> final_norm is forward_features; attend + reduce_and_mlp is block."""
+    m = all_reducers_model
+    with torch.inference_mode():
+        for name in (DENSE, "prune", "merge", "hybrid"):
+            level = m.level(name)
+            steps = {s.block: s for s in level.schedule}
+            state = m.embed(images)
+            assert state.x.shape == (4, 197, m.shape.embed_dim) and state.size is None
+            for i in range(m.shape.depth):
+                att = m.attend(i, state, need_cls_attn=True, need_keys=True)
+                n = state.x.shape[1]
+                assert att.cls_attn.shape == (4, n) and att.keys.shape == (4, n, m.shape.embed_dim)
+                torch.testing.assert_close(att.cls_attn.sum(-1), torch.ones(4))
+                split = m.reduce_and_mlp(i, att.state, steps.get(i), cls_attn=att.cls_attn, keys=att.keys)
+                state = m.block(i, state, steps.get(i))
+                assert torch.equal(split.x, state.x), (name, i)
+            assert torch.equal(m.final_norm(state), m.forward_features(images, level)), name
+        plain = m.attend(0, m.embed(images))
+        assert plain.cls_attn is None and plain.keys is None
