@@ -26,7 +26,7 @@ from bench.loadgen.client import Result, Target, discover_v2_io, send
 from bench.loadgen.payloads import DEFAULT_IMAGE_DIR, load_folder, synthetic
 from bench.loadgen.scenario import Dials
 from bench.loadgen.server import ServerProcess
-from service.device.runner import resolve_device
+from models.device import resolve_device
 
 INPUT_KINDS = ("uint8", "jpeg")
 

@@ -16,7 +16,8 @@ from models import load_model
 from bench.environment import describe
 from bench.timing import Timing, time_calls
 from service.device.factory import create_runner
-from service.device.runner import EagerRunner, Runner, resolve_device, resolve_precision
+from models.device import resolve_device
+from service.device.runner import EagerRunner, Runner, resolve_precision
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

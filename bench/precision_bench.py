@@ -18,7 +18,7 @@ from models import load_model
 from models.preprocess import DataConfig, pil_to_uint8
 from bench.environment import describe
 from service.device.factory import create_runner
-from service.device.runner import resolve_device
+from models.device import resolve_device
 
 ASSETS = Path(__file__).resolve().parents[2].parent / "shared" / "assets"
 IMAGE_SETS = ("imagenet-samples", "imagenet-val")

@@ -1,7 +1,7 @@
 """SparseViT: one timm VisionTransformer, many static density levels.
 
 Modifications relative to timm's `VisionTransformer.forward` (timm 1.0.x):
-- the dense level calls timm's own forward, unchanged (invariant: dense == timm);
+- the dense level calls timm's own forward, unchanged (docs/architecture.md, invariant 1: dense == timm);
 - a sparse level runs the same blocks with the same weights, but at each of its reduction
   points the block's attention also yields the class-token attention row (computed as
   q_cls·Kᵀ for that block only, so attention elsewhere stays fused SDPA) and the keys, and a

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.device import resolve_device
 from models.levels import DENSE
 from models.preprocess import DataConfig
 
@@ -41,18 +42,6 @@ class RunOutput:
     probs: torch.Tensor
     topk_values: torch.Tensor
     topk_indices: torch.Tensor
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; "cuda" without CUDA is a clear error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {device!r}; use auto, cpu or cuda")
-    return dev
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -101,6 +101,16 @@ class RequestResult:
     def batch_size(self) -> int:
         return max(it.batch_size for it in self.items)
 
+    def timing_ms(self) -> dict[str, float]:
+        """Where the time went, as both APIs report it (ms, rounded to the microsecond)."""
+        return {
+            "queue_ms": round(self.queue_ms, 3),
+            "compute_ms": round(self.compute_ms, 3),
+            "total_ms": round(self.total_ms, 3),
+            "budget_ms": self.decision.budget_ms,
+            "predicted_ms": round(self.decision.predicted_ms, 3),
+        }
+
 
 class Engine:
     """Owns the served model and the request path (in this process).

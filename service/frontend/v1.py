@@ -88,13 +88,7 @@ def _respond(engine: Engine, result: RequestResult) -> JSONResponse:
         "predictions": [
             {"index": i, "label": info.labels[i], "probability": round(v, 6)} for v, i in zip(values, indices)
         ],
-        "timing": {
-            "queue_ms": round(result.queue_ms, 3),
-            "compute_ms": round(result.compute_ms, 3),
-            "total_ms": round(result.total_ms, 3),
-            "budget_ms": result.decision.budget_ms,
-            "predicted_ms": round(result.decision.predicted_ms, 3),
-        },
+        "timing": result.timing_ms(),
         "deadline_met": result.deadline_met,
         "batch_size": result.batch_size,
     })

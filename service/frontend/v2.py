@@ -186,11 +186,7 @@ def _infer_response(engine: Engine, req: InferRequest, result: RequestResult) ->
         "level": level,
         "reason": result.decision.reason,
         "gflops_ratio": facts["gflops_ratio"],
-        "queue_ms": round(result.queue_ms, 3),
-        "compute_ms": round(result.compute_ms, 3),
-        "total_ms": round(result.total_ms, 3),
-        "budget_ms": result.decision.budget_ms,
-        "predicted_ms": round(result.decision.predicted_ms, 3),
+        **result.timing_ms(),
         "deadline_met": result.deadline_met,
         "batch_size": result.batch_size,
     }
