@@ -2,6 +2,7 @@
 
 Heavy runs share the machine: run them under `flock /tmp/sait-bench.lock ...`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,12 @@ def _names(text: str) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("suite", choices=SUITES, help="model: images/s, batch-1 latency, FLOP utilization; e2e: the "
-                   "server over loopback; all: model then e2e (with e2e / model-only ratios); precision: agreement")
+    p.add_argument(
+        "suite",
+        choices=SUITES,
+        help="model: images/s, batch-1 latency, FLOP utilization; e2e: the "
+        "server over loopback; all: model then e2e (with e2e / model-only ratios); precision: agreement",
+    )
     p.add_argument("--model", default="deit_tiny_patch16_224")
     p.add_argument("--pretrained", action="store_true", help="pretrained weights (speed suites use random ones)")
     p.add_argument("--weights", default=None, help="precision: local weights file (default: pretrained)")

@@ -7,6 +7,7 @@ resizing. Both are measured as process CPU time (not wall time), so the figures 
 cores a request costs: decode with `service.frontend.decode.decode_image` (timm's eval transform) on
 `--count` photos, and the model at every level on a batch of `--batch-size` of those crops.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,13 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     decode_ms = (time.process_time() - start) * 1e3 / len(blobs)
     x = torch.stack([crops[i % len(crops)] for i in range(args.batch_size)])
     print(f"{cpu_model()}, {torch.get_num_threads()} torch threads, model {args.model}")
-    print(f"decode + resize + crop: {decode_ms:.1f} CPU ms per photo ({len(blobs)} photos, "
-          f"mean {sum(map(len, blobs)) / len(blobs) / 1e3:.0f} kB)")
+    print(
+        f"decode + resize + crop: {decode_ms:.1f} CPU ms per photo ({len(blobs)} photos, "
+        f"mean {sum(map(len, blobs)) / len(blobs) / 1e3:.0f} kB)"
+    )
     with torch.inference_mode():
         xn = normalize_uint8(x, cfg)
         for level in model.levels:
             ms = cpu_ms(lambda lv=level: model(xn, level=lv), args.repeats) / args.batch_size
-            print(f"model {level:6s}: {ms:6.1f} CPU ms per image (batch {args.batch_size}); decode is {decode_ms / ms:.2f}x it")
+            print(
+                f"model {level:6s}: {ms:6.1f} CPU ms per image (batch {args.batch_size}); decode is {decode_ms / ms:.2f}x it"
+            )
     return 0
 
 

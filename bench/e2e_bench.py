@@ -7,6 +7,7 @@ as soon as the previous answer arrives, for `duration_s`. Requests pin the level
 Both kinds use KServe v2 with the binary extension: UINT8 [1,3,224,224] tensors, or the JPEG
 as a BYTES element (decoded by the server).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -66,16 +67,25 @@ class E2EBenchConfig:
     images: int = 64
 
 
-async def closed_loop(url: str, target: Target, dials: Dials, payloads: list, *, concurrency: int,
-                      duration_s: float, budget_ms: float,
-                      transport: httpx.AsyncBaseTransport | None = None) -> tuple[list[Result], float]:
+async def closed_loop(
+    url: str,
+    target: Target,
+    dials: Dials,
+    payloads: list,
+    *,
+    concurrency: int,
+    duration_s: float,
+    budget_ms: float,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> tuple[list[Result], float]:
     """Each of `concurrency` clients sends back to back until the time is up; (results, elapsed_s).
 
     `transport` replaces the network (tests pass an httpx.MockTransport).
     """
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=max(30.0, budget_ms / 1e3), limits=limits,
-                                 transport=transport) as client:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=max(30.0, budget_ms / 1e3), limits=limits, transport=transport
+    ) as client:
         input_name, output_name = await discover_v2_io(client, target.model, target.kind)
         target = Target(api="v2", kind=target.kind, model=target.model, input_name=input_name, output_name=output_name)
         start = time.perf_counter()
@@ -98,8 +108,12 @@ def summarize(results: list[Result], elapsed_s: float) -> dict:
     lat = sorted(r.latency_ms for r in ok)
     q = lambda p: lat[min(len(lat) - 1, round(p / 100 * (len(lat) - 1)))] if lat else float("nan")  # noqa: E731
     return {
-        "requests": len(results), "ok": len(ok), "outcomes": dict(Counter(r.outcome for r in results)),
-        "images_per_s": len(ok) / elapsed_s, "p50_ms": q(50), "p99_ms": q(99),
+        "requests": len(results),
+        "ok": len(ok),
+        "outcomes": dict(Counter(r.outcome for r in results)),
+        "images_per_s": len(ok) / elapsed_s,
+        "p50_ms": q(50),
+        "p99_ms": q(99),
         "mean_ms": statistics.fmean(lat) if lat else float("nan"),
         "server_compute_ms_p50": _median([r.compute_ms for r in ok]),
         "levels_answered": dict(Counter(r.level for r in ok)),
@@ -125,14 +139,23 @@ def random_weights_file(model: str, folder: Path) -> Path:
 def run_e2e_bench(cfg: E2EBenchConfig) -> dict:
     device = resolve_device(cfg.device)
     settings = {
-        "MODEL": cfg.model, "DEVICE": device.type, "PRECISION": cfg.precision, "CUDA_GRAPHS": str(cfg.cuda_graphs).lower(),
-        "MAX_BATCH_SIZE": cfg.max_batch_size, "MAX_QUEUE_DELAY_MS": cfg.max_queue_delay_ms,
-        "QUEUE_LIMIT": max(512, 4 * cfg.concurrency), "POLICY": "adaptive", "LOG_LEVEL": "warning",
+        "MODEL": cfg.model,
+        "DEVICE": device.type,
+        "PRECISION": cfg.precision,
+        "CUDA_GRAPHS": str(cfg.cuda_graphs).lower(),
+        "MAX_BATCH_SIZE": cfg.max_batch_size,
+        "MAX_QUEUE_DELAY_MS": cfg.max_queue_delay_ms,
+        "QUEUE_LIMIT": max(512, 4 * cfg.concurrency),
+        "POLICY": "adaptive",
+        "LOG_LEVEL": "warning",
     }
     kind_payloads = {}
     for kind in cfg.inputs:
-        kind_payloads[kind] = (load_folder(DEFAULT_IMAGE_DIR, kind=kind, limit=cfg.images) if DEFAULT_IMAGE_DIR.is_dir()
-                               else synthetic(count=cfg.images, kind=kind))
+        kind_payloads[kind] = (
+            load_folder(DEFAULT_IMAGE_DIR, kind=kind, limit=cfg.images)
+            if DEFAULT_IMAGE_DIR.is_dir()
+            else synthetic(count=cfg.images, kind=kind)
+        )
     budget_ms = 60_000.0
     rows = []
     with tempfile.TemporaryDirectory(prefix="sait-bench-") as tmp:
@@ -142,19 +165,38 @@ def run_e2e_bench(cfg: E2EBenchConfig) -> dict:
             for level, kind in tqdm([(lv, k) for lv in cfg.levels for k in cfg.inputs], desc="e2e", unit="run"):
                 dials = Dials(name=level, density=level, latency_budget_ms=budget_ms)
                 target = Target(api="v2", kind=kind, model=cfg.model)
-                run = lambda s: asyncio.run(closed_loop(server.url, target, dials, kind_payloads[kind],  # noqa: E731
-                                                        concurrency=cfg.concurrency, duration_s=s, budget_ms=budget_ms))
+                run = lambda s: asyncio.run(
+                    closed_loop(
+                        server.url,
+                        target,
+                        dials,
+                        kind_payloads[kind],  # noqa: E731
+                        concurrency=cfg.concurrency,
+                        duration_s=s,
+                        budget_ms=budget_ms,
+                    )
+                )
                 run(cfg.warmup_s)
                 results, elapsed = run(cfg.duration_s)
-                rows.append({"level": level, "input": kind, "concurrency": cfg.concurrency,
-                             "duration_s": elapsed, **summarize(results, elapsed)})
+                rows.append(
+                    {
+                        "level": level,
+                        "input": kind,
+                        "concurrency": cfg.concurrency,
+                        "duration_s": elapsed,
+                        **summarize(results, elapsed),
+                    }
+                )
             server_log = server.log_tail(800)
     return {
         "suite": "e2e",
         "environment": describe(device),
-        "settings": {**asdict(cfg), "server": {f"SAIT_{k}": str(v) for k, v in settings.items() if k != "WEIGHTS"},
-                     "api": "KServe v2 binary extension, loopback 127.0.0.1", "payload_source":
-                     str(DEFAULT_IMAGE_DIR) if DEFAULT_IMAGE_DIR.is_dir() else "synthetic noise"},
+        "settings": {
+            **asdict(cfg),
+            "server": {f"SAIT_{k}": str(v) for k, v in settings.items() if k != "WEIGHTS"},
+            "api": "KServe v2 binary extension, loopback 127.0.0.1",
+            "payload_source": str(DEFAULT_IMAGE_DIR) if DEFAULT_IMAGE_DIR.is_dir() else "synthetic noise",
+        },
         "rows": rows,
         "server_log_tail": server_log,
     }

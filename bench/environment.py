@@ -1,4 +1,5 @@
 """What a benchmark ran on: device, CPU model, torch/CUDA versions (every report names them)."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,6 @@ import torch
 from models.machine import cpu_model
 
 
-
-
 def git_commit(root: Path | None = None) -> str | None:
     """The checkout's commit (with "+dirty" when files differ): which levels and code ran.
 
@@ -20,10 +19,16 @@ def git_commit(root: Path | None = None) -> str | None:
     """
     root = root or Path(__file__).resolve().parents[2]
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "models", "service"],
-                               cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "models", "service"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return (head + ("+dirty" if dirty else "")) or None

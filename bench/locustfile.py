@@ -74,8 +74,7 @@ def _payloads(options) -> list:
 
         folder = Path(options.images)
         kind = options.payload
-        _PAYLOADS.extend(load_folder(folder, kind=kind, limit=32) if folder.is_dir()
-                         else synthetic(count=8, kind=kind))
+        _PAYLOADS.extend(load_folder(folder, kind=kind, limit=32) if folder.is_dir() else synthetic(count=8, kind=kind))
     return _PAYLOADS
 
 
@@ -85,8 +84,7 @@ def _dials(options) -> Dials:
         density = float(density) if density is not None else None
     except ValueError:
         pass
-    return Dials(name="locust", density=density, latency_budget_ms=options.budget_ms,
-                 min_accuracy=options.min_accuracy)
+    return Dials(name="locust", density=density, latency_budget_ms=options.budget_ms, min_accuracy=options.min_accuracy)
 
 
 class _SaitUser(FastHttpUser):
@@ -124,9 +122,14 @@ class NativeUser(_SaitUser):
     @task
     def classify(self) -> None:
         payload = next(self.payloads)
-        with self.client.post("/v1/classify", params=self.dials.query(), data=payload.jpeg,
-                              headers={"Content-Type": "image/jpeg"}, name="/v1/classify",
-                              catch_response=True) as response:
+        with self.client.post(
+            "/v1/classify",
+            params=self.dials.query(),
+            data=payload.jpeg,
+            headers={"Content-Type": "image/jpeg"},
+            name="/v1/classify",
+            catch_response=True,
+        ) as response:
             self._judge(response, lambda r: r.json().get("level"))
 
 
@@ -147,11 +150,17 @@ class KServeUser(_SaitUser):
 
     @task
     def infer(self) -> None:
-        path, headers, body = v2_request(self.dials, next(self.payloads), model=self.model,
-                                         input_name=self.input_name, kind=self.kind,
-                                         output_name=self.output_name)
-        with self.client.post(path, data=body, headers=headers, name="/v2/models/[m]/infer",
-                              catch_response=True) as response:
+        path, headers, body = v2_request(
+            self.dials,
+            next(self.payloads),
+            model=self.model,
+            input_name=self.input_name,
+            kind=self.kind,
+            output_name=self.output_name,
+        )
+        with self.client.post(
+            path, data=body, headers=headers, name="/v2/models/[m]/infer", catch_response=True
+        ) as response:
             self._judge(response, _v2_level)
 
 

@@ -4,6 +4,7 @@
 normalize, the model at the level, softmax/top-k, download. That is exactly the work the
 server's worker does per batch, so end-to-end figures divide by these.
 """
+
 from __future__ import annotations
 
 import gc
@@ -98,10 +99,15 @@ def run_model_bench(cfg: ModelBenchConfig) -> dict:
     for name in levels:
         model.level(name)  # unknown names fail before any timing
     n = cfg.matmul_n or (8192 if device.type == "cuda" else 1024)
-    peak = {p: matmul_peak_tflops(device, _DTYPES[p], n=n, min_time_s=cfg.min_time_s) for p in dict.fromkeys(("bf16", precision))}
+    peak = {
+        p: matmul_peak_tflops(device, _DTYPES[p], n=n, min_time_s=cfg.min_time_s)
+        for p in dict.fromkeys(("bf16", precision))
+    }
     runners, notes = _runners(model, cfg, device)
     x = torch.randint(0, 256, (max(cfg.batch_sizes), *model.data_config.input_size), dtype=torch.uint8)
-    timing = dict(min_calls=min(cfg.min_calls, cfg.max_calls), max_calls=cfg.max_calls, min_time_s=cfg.min_time_s, device=device)
+    timing = dict(
+        min_calls=min(cfg.min_calls, cfg.max_calls), max_calls=cfg.max_calls, min_time_s=cfg.min_time_s, device=device
+    )
 
     # Every cell is timed in `rounds` separate passes over the grid and the samples pooled: a
     # burst of other work on a shared machine then skews one pass of many cells, not one cell.
@@ -111,27 +117,50 @@ def run_model_bench(cfg: ModelBenchConfig) -> dict:
     lat_samples: dict[tuple, list[float]] = {c: [] for c in lat_cells}
     per_round = dict(timing, min_time_s=cfg.min_time_s / cfg.rounds)
     for r in range(cfg.rounds):
-        for mode, level, batch in tqdm(tput_cells, desc=f"{cfg.model} images/s, pass {r + 1}/{cfg.rounds}", unit="cell"):
-            tput_samples[(mode, level, batch)] += time_calls(lambda: runners[mode].run(level, x[:batch]), **per_round).samples_s
+        for mode, level, batch in tqdm(
+            tput_cells, desc=f"{cfg.model} images/s, pass {r + 1}/{cfg.rounds}", unit="cell"
+        ):
+            tput_samples[(mode, level, batch)] += time_calls(
+                lambda: runners[mode].run(level, x[:batch]), **per_round
+            ).samples_s
         for mode, level in tqdm(lat_cells, desc=f"{cfg.model} batch-1 latency, pass {r + 1}/{cfg.rounds}", unit="cell"):
-            lat_samples[(mode, level)] += time_calls(lambda: runners[mode].run(level, x[:1]), warmup=3, **dict(
-                per_round, min_calls=min(max(cfg.min_calls, 10), cfg.max_calls))).samples_s
+            lat_samples[(mode, level)] += time_calls(
+                lambda: runners[mode].run(level, x[:1]),
+                warmup=3,
+                **dict(per_round, min_calls=min(max(cfg.min_calls, 10), cfg.max_calls)),
+            ).samples_s
     throughput = []
     for (mode, level, batch), samples in tput_samples.items():
         t = Timing(tuple(samples))
         lv = model.level(level)
         ips = batch / t.median_s
         tflops = 2 * lv.gflops * 1e9 * ips / 1e12  # level.gflops counts multiply-accumulates
-        throughput.append({
-            "mode": mode, "level": level, "batch": batch, "images_per_s": ips, "median_ms": t.median_s * 1e3,
-            "calls": len(t.samples_s), "gflops": lv.gflops, "achieved_tflops": tflops,
-            "mfu_bf16_peak": tflops / peak["bf16"], f"mfu_{precision}_peak": tflops / peak[precision],
-        })
+        throughput.append(
+            {
+                "mode": mode,
+                "level": level,
+                "batch": batch,
+                "images_per_s": ips,
+                "median_ms": t.median_s * 1e3,
+                "calls": len(t.samples_s),
+                "gflops": lv.gflops,
+                "achieved_tflops": tflops,
+                "mfu_bf16_peak": tflops / peak["bf16"],
+                f"mfu_{precision}_peak": tflops / peak[precision],
+            }
+        )
     latency = []
     for (mode, level), samples in lat_samples.items():
         t = Timing(tuple(samples))
-        latency.append({"mode": mode, "level": level, "p50_ms": t.median_s * 1e3, "p90_ms": t.percentile_s(90) * 1e3,
-                        "calls": len(t.samples_s)})
+        latency.append(
+            {
+                "mode": mode,
+                "level": level,
+                "p50_ms": t.median_s * 1e3,
+                "p90_ms": t.percentile_s(90) * 1e3,
+                "calls": len(t.samples_s),
+            }
+        )
     graphs = runners.get("graphs")
     result = {
         "suite": "model",
@@ -139,9 +168,13 @@ def run_model_bench(cfg: ModelBenchConfig) -> dict:
         "settings": {**asdict(cfg), "levels": list(levels), "precision": precision, "matmul_n": n},
         "levels": {name: model.level(name).as_dict() for name in levels},
         "matmul_peak_tflops": peak,
-        "cuda_graphs": None if graphs is None else {
-            "capture_seconds": graphs.capture_seconds, "graph_memory_bytes": graphs.graph_memory_bytes,
-            "graphs": len(graphs.bank.graphs), "buckets": list(graphs.plan.buckets),
+        "cuda_graphs": None
+        if graphs is None
+        else {
+            "capture_seconds": graphs.capture_seconds,
+            "graph_memory_bytes": graphs.graph_memory_bytes,
+            "graphs": len(graphs.bank.graphs),
+            "buckets": list(graphs.plan.buckets),
         },
         "throughput": throughput,
         "latency": latency,

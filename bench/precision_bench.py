@@ -4,6 +4,7 @@ Agreement is paired: the same image, the same level, the same uint8 input; only 
 precision differs. Images are preprocessed once on the CPU reference path
 (models.preprocess.pil_to_uint8), so decode differences do not enter the comparison.
 """
+
 from __future__ import annotations
 
 import csv
@@ -102,8 +103,15 @@ def run_precision_bench(cfg: PrecisionBenchConfig) -> dict:
     rows = []
     for precision in ("fp32", *cfg.precisions):
         base, _, head = precision.partition("-")
-        runner = create_runner(model, device=str(device), precision=base, cuda_graphs=cfg.cuda_graphs,
-                               max_batch_size=cfg.batch_size, top_k=1, fp32_head=head != "head16")
+        runner = create_runner(
+            model,
+            device=str(device),
+            precision=base,
+            cuda_graphs=cfg.cuda_graphs,
+            max_batch_size=cfg.batch_size,
+            top_k=1,
+            fp32_head=head != "head16",
+        )
         runner.warmup()
         subset = _subset(names, n_fp16) if base == "fp16" and n_fp16 != cfg.images_per_set else slice(None)
         for level in tqdm(model.levels, desc=f"{precision} levels", unit="level"):
@@ -125,19 +133,26 @@ def _subset(names: list[str], per_set: int) -> torch.Tensor:
     return torch.tensor(idx)
 
 
-def _summarize(cfg: PrecisionBenchConfig, device: torch.device, rows: list[dict], labels: torch.Tensor, names: list[str]) -> dict:
+def _summarize(
+    cfg: PrecisionBenchConfig, device: torch.device, rows: list[dict], labels: torch.Tensor, names: list[str]
+) -> dict:
     fp32 = {r["level"]: r["top1"] for r in rows if r["precision"] == "fp32"}
     table = []
     for r in rows:
         ref = fp32[r["level"]][r["subset"]]
         truth = labels[r["subset"]]
         agree = (r["top1"] == ref).float()
-        table.append({
-            "precision": r["precision"], "level": r["level"], "images": len(ref),
-            "agreement_with_fp32": agree.mean().item(), "disagreements": int((1 - agree).sum().item()),
-            "top1": (r["top1"] == truth).float().mean().item(),
-            "fp32_top1_same_images": (ref == truth).float().mean().item(),
-        })
+        table.append(
+            {
+                "precision": r["precision"],
+                "level": r["level"],
+                "images": len(ref),
+                "agreement_with_fp32": agree.mean().item(),
+                "disagreements": int((1 - agree).sum().item()),
+                "top1": (r["top1"] == truth).float().mean().item(),
+                "fp32_top1_same_images": (ref == truth).float().mean().item(),
+            }
+        )
     return {
         "suite": "precision",
         "environment": describe(device),

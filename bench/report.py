@@ -1,4 +1,5 @@
 """Markdown tables for benchmark results (the JSON holds every number; these are the views)."""
+
 from __future__ import annotations
 
 from bench.environment import headline
@@ -33,10 +34,13 @@ def model_markdown(result: dict, command: str = "") -> str:
     levels = result["settings"]["levels"]
     dense = levels[0]
     out = _header(result, f"Model only: {result['settings']['model']}", command)
-    out += ["(a) images/s per level and batch size (`Runner.run` on a host uint8 batch: upload, normalize, "
-            "model, softmax/top-k, download). *Speed-up* is over dense at the same batch and mode; *ideal* is "
-            "dense GFLOPs / level GFLOPs; *of ideal* is their ratio (what the reducers' own work and the "
-            "smaller matrices cost).", ""]
+    out += [
+        "(a) images/s per level and batch size (`Runner.run` on a host uint8 batch: upload, normalize, "
+        "model, softmax/top-k, download). *Speed-up* is over dense at the same batch and mode; *ideal* is "
+        "dense GFLOPs / level GFLOPs; *of ideal* is their ratio (what the reducers' own work and the "
+        "smaller matrices cost).",
+        "",
+    ]
     rows = []
     for level in levels:
         info = result["levels"][level]
@@ -65,13 +69,20 @@ def model_markdown(result: dict, command: str = "") -> str:
         if "graphs" in modes:
             row.append(lat[("graphs", level)]["p50_ms"] / lat[("eager", level)]["p50_ms"])
         rows.append(row)
-    head = ["level"] + [f"{m} {p}" for m in modes for p in ("p50", "p90")] + (["graphs/eager p50"] if "graphs" in modes else [])
+    head = (
+        ["level"]
+        + [f"{m} {p}" for m in modes for p in ("p50", "p90")]
+        + (["graphs/eager p50"] if "graphs" in modes else [])
+    )
     out += [_table(head, rows), ""]
 
     peak = result["matmul_peak_tflops"]
     n = result["settings"]["matmul_n"]
-    out += [f"(c) FLOP utilization: achieved FLOP/s (2 x GMACs x images/s) over the matmul peak measured in "
-            f"this run ({n}x{n}x{n}: " + ", ".join(f"{k} {v:.3g} TFLOP/s" for k, v in peak.items()) + ")", ""]
+    out += [
+        f"(c) FLOP utilization: achieved FLOP/s (2 x GMACs x images/s) over the matmul peak measured in "
+        f"this run ({n}x{n}x{n}: " + ", ".join(f"{k} {v:.3g} TFLOP/s" for k, v in peak.items()) + ")",
+        "",
+    ]
     prec = result["settings"]["precision"]
     rows = []
     for level in levels:
@@ -81,8 +92,11 @@ def model_markdown(result: dict, command: str = "") -> str:
     out += [_table(["level", "batch", "mode", "achieved TFLOP/s", "of bf16 peak", f"of {prec} peak"], rows), ""]
     g = result.get("cuda_graphs")
     if g:
-        out += [f"CUDA graphs: {g['graphs']} captured (buckets {g['buckets']}) in {g['capture_seconds']:.2f} s, "
-                f"pool {g['graph_memory_bytes'] / 2**20:.0f} MiB.", ""]
+        out += [
+            f"CUDA graphs: {g['graphs']} captured (buckets {g['buckets']}) in {g['capture_seconds']:.2f} s, "
+            f"pool {g['graph_memory_bytes'] / 2**20:.0f} MiB.",
+            "",
+        ]
     return "\n".join(out)
 
 
@@ -92,19 +106,49 @@ def e2e_markdown(result: dict, command: str = "", model_only: dict | None = None
     rows = []
     for r in result["rows"]:
         m = ref.get(r["level"])
-        rows.append([r["level"], r["input"], r["images_per_s"], r["p50_ms"], r["p99_ms"], f"{r['ok']}/{r['requests']}",
-                     None if m is None else f"{m['images_per_s']:.1f} (batch {m['batch']})",
-                     None if m is None else r["images_per_s"] / m["images_per_s"]])
+        rows.append(
+            [
+                r["level"],
+                r["input"],
+                r["images_per_s"],
+                r["p50_ms"],
+                r["p99_ms"],
+                f"{r['ok']}/{r['requests']}",
+                None if m is None else f"{m['images_per_s']:.1f} (batch {m['batch']})",
+                None if m is None else r["images_per_s"] / m["images_per_s"],
+            ]
+        )
     out += [f"(d) closed loop over loopback, {result['settings']['api']}.", ""]
-    out += [_table(["level", "input", "img/s", "p50 ms", "p99 ms", "ok/sent", "model-only img/s", "e2e / model-only"], rows), ""]
+    out += [
+        _table(
+            ["level", "input", "img/s", "p50 ms", "p99 ms", "ok/sent", "model-only img/s", "e2e / model-only"], rows
+        ),
+        "",
+    ]
     return "\n".join(out)
 
 
 def precision_markdown(result: dict, command: str = "") -> str:
     out = _header(result, f"Precision: {result['settings']['model']}", command)
-    out += ["Images: " + ", ".join(f"{k} {v}" for k, v in result["images"].items()) + ". Agreement = same top-1 "
-            "as fp32 at the same level on the same input.", ""]
-    rows = [[r["level"], r["precision"], r["images"], f"{100 * r['agreement_with_fp32']:.2f} %", r["disagreements"],
-             f"{100 * r['top1']:.2f} %", f"{100 * r['fp32_top1_same_images']:.2f} %"] for r in result["rows"]]
-    out += [_table(["level", "precision", "images", "top-1 agreement with fp32", "disagree", "top-1", "fp32 top-1"], rows), ""]
+    out += [
+        "Images: " + ", ".join(f"{k} {v}" for k, v in result["images"].items()) + ". Agreement = same top-1 "
+        "as fp32 at the same level on the same input.",
+        "",
+    ]
+    rows = [
+        [
+            r["level"],
+            r["precision"],
+            r["images"],
+            f"{100 * r['agreement_with_fp32']:.2f} %",
+            r["disagreements"],
+            f"{100 * r['top1']:.2f} %",
+            f"{100 * r['fp32_top1_same_images']:.2f} %",
+        ]
+        for r in result["rows"]
+    ]
+    out += [
+        _table(["level", "precision", "images", "top-1 agreement with fp32", "disagree", "top-1", "fp32 top-1"], rows),
+        "",
+    ]
     return "\n".join(out)

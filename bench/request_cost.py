@@ -21,6 +21,7 @@ variant syntax; `git worktree add /tmp/wt-base COMMIT` for the checkout, `NAME:K
 settings) starts one server per variant, paused (SIGSTOP) while another is measured, and
 `--rounds` lets the variants take turns at every case; the table gives each variant's median.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,9 @@ class CaseCost:
         return 1e3 / self.event_loop_ms if self.event_loop_ms > 0 else float("inf")
 
 
-def split_cpu(before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]],
-              main_tid: int) -> tuple[float, float, float]:
+def split_cpu(
+    before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]], main_tid: int
+) -> tuple[float, float, float]:
     """(event loop user+sys s, event loop sys s, every other thread's user+sys s) between two
     `thread_cpu_s` readings. A thread born in between counts from zero; one that ended in
     between is lost (its time cannot be read any more), so the other-threads figure is a floor."""
@@ -88,15 +90,34 @@ def load_payloads(kind: str, images: Path | None) -> list[Payload]:
     return load_folder(folder, kind=kind, limit=32) if folder.is_dir() else synthetic(count=16, kind=kind)
 
 
-def measure_case(server: ServerProcess, *, variant: str, api: str, payload: str, payloads: list[Payload],
-                 level: str, model: str, rate_rps: float, duration_s: float, warmup_s: float) -> CaseCost:
+def measure_case(
+    server: ServerProcess,
+    *,
+    variant: str,
+    api: str,
+    payload: str,
+    payloads: list[Payload],
+    level: str,
+    model: str,
+    rate_rps: float,
+    duration_s: float,
+    warmup_s: float,
+) -> CaseCost:
     dials = Dials(name="cost", density=level, latency_budget_ms=60_000.0)
     target = Target(api=api, kind=payload, model=model)
 
     def run(seconds: float, seed: int) -> tuple[dict, float]:
-        spec = LoadRun(base_url=server.url, target=target, profile=RateProfile.constant(rate_rps, seconds),
-                       scenario=Scenario.single(dials), payloads=payloads, process="constant", seed=seed,
-                       progress=False, timeout_s=60.0)
+        spec = LoadRun(
+            base_url=server.url,
+            target=target,
+            profile=RateProfile.constant(rate_rps, seconds),
+            scenario=Scenario.single(dials),
+            payloads=payloads,
+            process="constant",
+            seed=seed,
+            progress=False,
+            timeout_s=60.0,
+        )
         cpu0 = time.process_time()
         _, summary = execute(spec)
         return summary, time.process_time() - cpu0
@@ -109,12 +130,22 @@ def measure_case(server: ServerProcess, *, variant: str, api: str, payload: str,
     loop_s, loop_sys_s, other_s = split_cpu(before, after, server.pid)
     ok = int(summary["ok"])
     if ok == 0:
-        raise ServerError(f"no request was answered OK in case {api}:{payload} ({summary['error']} errors, "
-                          f"{summary['bad_request']} bad requests): {server.log_tail(400)}")
+        raise ServerError(
+            f"no request was answered OK in case {api}:{payload} ({summary['error']} errors, "
+            f"{summary['bad_request']} bad requests): {server.log_tail(400)}"
+        )
     per = 1e3 / ok
-    return CaseCost(variant=variant, api=api, payload=payload, requests=int(summary["requests"]), ok=ok,
-                    event_loop_ms=loop_s * per, event_loop_sys_ms=loop_sys_s * per,
-                    other_threads_ms=other_s * per, client_ms=client_s * per)
+    return CaseCost(
+        variant=variant,
+        api=api,
+        payload=payload,
+        requests=int(summary["requests"]),
+        ok=ok,
+        event_loop_ms=loop_s * per,
+        event_loop_sys_ms=loop_sys_s * per,
+        other_threads_ms=other_s * per,
+        client_ms=client_s * per,
+    )
 
 
 def median_costs(costs: list[CaseCost]) -> list[CaseCost]:
@@ -124,10 +155,20 @@ def median_costs(costs: list[CaseCost]) -> list[CaseCost]:
         groups.setdefault((c.variant, c.api, c.payload), []).append(c)
     out = []
     for (variant, api, payload), group in groups.items():
-        med = {f: statistics.median(getattr(c, f) for c in group)
-               for f in ("event_loop_ms", "event_loop_sys_ms", "other_threads_ms", "client_ms")}
-        out.append(CaseCost(variant=variant, api=api, payload=payload, requests=sum(c.requests for c in group),
-                            ok=sum(c.ok for c in group), **med))
+        med = {
+            f: statistics.median(getattr(c, f) for c in group)
+            for f in ("event_loop_ms", "event_loop_sys_ms", "other_threads_ms", "client_ms")
+        }
+        out.append(
+            CaseCost(
+                variant=variant,
+                api=api,
+                payload=payload,
+                requests=sum(c.requests for c in group),
+                ok=sum(c.ok for c in group),
+                **med,
+            )
+        )
     return out
 
 
@@ -147,9 +188,11 @@ def markdown(doc: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in median_costs([CaseCost(**c) for c in doc["cases"]]):
-        lines.append(f"| {c.variant} | {c.api} | {c.payload} | {c.ok}/{c.requests} | {c.event_loop_ms:.2f} | "
-                     f"{c.event_loop_sys_ms:.2f} | {c.other_threads_ms:.1f} | {c.client_ms:.2f} | "
-                     f"{c.ceiling_rps:.0f} |")
+        lines.append(
+            f"| {c.variant} | {c.api} | {c.payload} | {c.ok}/{c.requests} | {c.event_loop_ms:.2f} | "
+            f"{c.event_loop_sys_ms:.2f} | {c.other_threads_ms:.1f} | {c.client_ms:.2f} | "
+            f"{c.ceiling_rps:.0f} |"
+        )
     if doc.get("variants"):
         lines.append("")
     for v in doc.get("variants", []):
@@ -159,8 +202,12 @@ def markdown(doc: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.request_cost", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.request_cost",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     p.add_argument("--model", default="deit_tiny_patch16_224")
     p.add_argument("--level", default="l040", help="level every request is pinned to (density dial)")
     p.add_argument("--cases", default="v2:uint8,v1:jpeg", help=f"comma list of API:payload from {', '.join(CASES)}")
@@ -168,14 +215,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration-s", type=float, default=20.0, help="measured seconds per case")
     p.add_argument("--warmup-s", type=float, default=3.0, help="unmeasured seconds before each case")
     p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE", help="extra SAIT_ setting")
-    p.add_argument("--variant", action="append", default=[], metavar="NAME[@CHECKOUT]:K=V;...",
-                   help="a server variant (repeat; default: one server from this checkout)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME[@CHECKOUT]:K=V;...",
+        help="a server variant (repeat; default: one server from this checkout)",
+    )
     p.add_argument("--rounds", type=int, default=1, help="turns of every variant at every case")
     p.add_argument("--images", type=Path, default=None, help=f"image folder (default {DEFAULT_IMAGE_DIR})")
     p.add_argument("--out", type=Path, default=Path("out/request_cost.json"))
     p.add_argument("--docs", type=Path, default=None, help="markdown file to write the table into")
-    p.add_argument("--block", default=DEFAULT_BLOCK,
-                   help="name of the marked block in --docs that the table replaces (<!-- NAME:begin --> ... end)")
+    p.add_argument(
+        "--block",
+        default=DEFAULT_BLOCK,
+        help="name of the marked block in --docs that the table replaces (<!-- NAME:begin --> ... end)",
+    )
     return p
 
 
@@ -184,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
     if unknown or not cases:
-        print(f"request_cost: unknown case(s) {', '.join(unknown) or '(none)'}; use {', '.join(CASES)}", file=sys.stderr)
+        print(
+            f"request_cost: unknown case(s) {', '.join(unknown) or '(none)'}; use {', '.join(CASES)}", file=sys.stderr
+        )
         return 2
     if args.rate <= 0 or args.duration_s <= 0 or args.warmup_s < 0:
         print("request_cost: --rate and --duration-s must be > 0, --warmup-s >= 0", file=sys.stderr)
@@ -219,26 +276,50 @@ def main(argv: list[str] | None = None) -> int:
                     for v in variants:
                         server = servers[v.name]
                         with server.turn() if server.paused else contextlib.nullcontext():
-                            cost = measure_case(server, variant=v.name, api=api, payload=payload,
-                                                payloads=payloads[payload], level=args.level, model=args.model,
-                                                rate_rps=args.rate, duration_s=args.duration_s,
-                                                warmup_s=args.warmup_s)
-                        print(f"{v.name} {case}: event loop {cost.event_loop_ms:.2f} CPU ms/req "
-                              f"({cost.event_loop_sys_ms:.2f} kernel), other server threads "
-                              f"{cost.other_threads_ms:.1f}, client {cost.client_ms:.2f} ({cost.ok}/{cost.requests} ok)",
-                              flush=True)
+                            cost = measure_case(
+                                server,
+                                variant=v.name,
+                                api=api,
+                                payload=payload,
+                                payloads=payloads[payload],
+                                level=args.level,
+                                model=args.model,
+                                rate_rps=args.rate,
+                                duration_s=args.duration_s,
+                                warmup_s=args.warmup_s,
+                            )
+                        print(
+                            f"{v.name} {case}: event loop {cost.event_loop_ms:.2f} CPU ms/req "
+                            f"({cost.event_loop_sys_ms:.2f} kernel), other server threads "
+                            f"{cost.other_threads_ms:.1f}, client {cost.client_ms:.2f} ({cost.ok}/{cost.requests} ok)",
+                            flush=True,
+                        )
                         costs.append(cost)
     except (ServerError, PayloadError, OSError) as exc:
         print(f"request_cost: {exc}", file=sys.stderr)
         return 1
     doc = {
-        "measured_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_model(), "model": args.model,
-        "level": args.level, "rate_rps": args.rate, "duration_s": args.duration_s, "warmup_s": args.warmup_s,
-        "settings": {k: v for k, v in settings.items() if k != "MODEL"}, "commit": git_commit() or "unknown",
+        "measured_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": cpu_model(),
+        "model": args.model,
+        "level": args.level,
+        "rate_rps": args.rate,
+        "duration_s": args.duration_s,
+        "warmup_s": args.warmup_s,
+        "settings": {k: v for k, v in settings.items() if k != "MODEL"},
+        "commit": git_commit() or "unknown",
         "command": "python -m bench.request_cost " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "rounds": args.rounds, "cases": [asdict(c) for c in costs],
-        "variants": [{"name": v.name, "root": str(v.root) if v.root else None, "settings": v.settings,
-                      "commit": git_commit(v.root) if v.root else None} for v in variants],
+        "rounds": args.rounds,
+        "cases": [asdict(c) for c in costs],
+        "variants": [
+            {
+                "name": v.name,
+                "root": str(v.root) if v.root else None,
+                "settings": v.settings,
+                "commit": git_commit(v.root) if v.root else None,
+            }
+            for v in variants
+        ],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2))

@@ -6,6 +6,7 @@
 - end to end: UINT8 inputs >= 90 % of model-only images/s at the same level, JPEG >= 70 %.
 A check whose inputs were not measured (CPU run, batch not in the list) is left out.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,7 +39,9 @@ def model_checks(model: dict) -> list[Check]:
         lat = {(r["mode"], r["level"]): r["p50_ms"] for r in model["latency"]}
         for level in levels:
             # value >= threshold form: eager / graphs >= 1 / 0.40
-            checks.append(Check(f"{level} batch-1 eager / graphs p50", lat[("eager", level)] / lat[("graphs", level)], 2.5))
+            checks.append(
+                Check(f"{level} batch-1 eager / graphs p50", lat[("eager", level)] / lat[("graphs", level)], 2.5)
+            )
     s = model["settings"]
     if s["model"].startswith("deit_base") and s["precision"] == "bf16" and ("eager", dense, 256) in by:
         best = max(by.get((m, dense, 256), {}).get("mfu_bf16_peak", 0.0) for m in modes)
@@ -60,9 +63,15 @@ def model_only_reference(model: dict, max_batch_size: int) -> dict[str, dict]:
 def e2e_checks(e2e: dict, model: dict) -> list[Check]:
     ref = model_only_reference(model, e2e["settings"]["max_batch_size"])
     need = {"uint8": 0.90, "jpeg": 0.70}
-    return [Check(f"{r['level']} e2e {r['input']} / model-only (batch {ref[r['level']]['batch']})",
-                  r["images_per_s"] / ref[r["level"]]["images_per_s"], need[r["input"]])
-            for r in e2e["rows"] if r["level"] in ref and r["input"] in need]
+    return [
+        Check(
+            f"{r['level']} e2e {r['input']} / model-only (batch {ref[r['level']]['batch']})",
+            r["images_per_s"] / ref[r["level"]]["images_per_s"],
+            need[r["input"]],
+        )
+        for r in e2e["rows"]
+        if r["level"] in ref and r["input"] in need
+    ]
 
 
 def targets_markdown(checks: list[Check]) -> str:

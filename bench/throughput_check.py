@@ -17,6 +17,7 @@ The client runs on the same CPU as the server: its cost counts against the serve
 
     flock /tmp/sait-bench.lock python -m bench.throughput_check --levels dense,l050 --batch-sizes 1,8
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,6 @@ from models.machine import cpu_model
 TARGET_RATIO = 0.85
 
 
-
-
 def model_only_images_per_s(runner, level: str, batch: int, seconds: float) -> float:
     """Back-to-back runner.run; call it on the thread that warmed the runner up."""
     x = torch.randint(0, 256, (batch, *runner.input_size), dtype=torch.uint8)
@@ -54,17 +53,26 @@ def model_only_images_per_s(runner, level: str, batch: int, seconds: float) -> f
 
 def infer_body(model: str, level: str, batch: int, input_size) -> tuple[bytes, dict]:
     pixels = np.random.default_rng(0).integers(0, 256, (batch, *input_size), dtype=np.uint8).tobytes()
-    header = {"inputs": [{"name": "pixels", "shape": [batch, *input_size], "datatype": "UINT8",
-                          "parameters": {"binary_data_size": len(pixels)}}],
-              "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
-              "parameters": {"density": level, "latency_budget_ms": 600_000}}
+    header = {
+        "inputs": [
+            {
+                "name": "pixels",
+                "shape": [batch, *input_size],
+                "datatype": "UINT8",
+                "parameters": {"binary_data_size": len(pixels)},
+            }
+        ],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+        "parameters": {"density": level, "latency_budget_ms": 600_000},
+    }
     head = json.dumps(header).encode()
     headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}
     return head + pixels, headers
 
 
-def server_images_per_s(port: int, model: str, level: str, batch: int, input_size, seconds: float,
-                        concurrency: int, warmup_s: float = 1.0) -> tuple[float, int]:
+def server_images_per_s(
+    port: int, model: str, level: str, batch: int, input_size, seconds: float, concurrency: int, warmup_s: float = 1.0
+) -> tuple[float, int]:
     """Images/s answered with 200 over `seconds`, after a short warm-up; and the error count."""
     body, headers = infer_body(model, level, batch, input_size)
     path = f"/v2/models/{model}/infer"
@@ -107,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default="dense,l050", help="comma list of levels")
     parser.add_argument("--batch-sizes", default="1,8", help="comma list of batch sizes")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of one measuring window")
-    parser.add_argument("--rounds", type=int, default=5, help="server windows per point (each between two model-only windows)")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="server windows per point (each between two model-only windows)"
+    )
     parser.add_argument("--concurrency", type=int, default=2, help="requests kept in flight")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -134,8 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     input_size = tuple(model.data_config.input_size)
     rows = []
     for batch in sizes:
-        settings = {"MODEL": args.model, "DEVICE": "cpu", "MAX_BATCH_SIZE": batch, "MAX_QUEUE_DELAY_MS": 1,
-                    "LEVELS": ",".join(levels), "QUEUE_LIMIT": 4096, "LOG_LEVEL": "warning"}
+        settings = {
+            "MODEL": args.model,
+            "DEVICE": "cpu",
+            "MAX_BATCH_SIZE": batch,
+            "MAX_QUEUE_DELAY_MS": 1,
+            "LEVELS": ",".join(levels),
+            "QUEUE_LIMIT": 4096,
+            "LOG_LEVEL": "warning",
+        }
         with ServerProcess(settings=settings) as server:
             for lv in levels:
                 # Alternate short windows, model-only (server idle) and server (baseline idle),
@@ -144,30 +161,53 @@ def main(argv: list[str] | None = None) -> int:
                 model_ips = [model_only(lv, batch)]
                 server_ips, errors = [], 0
                 for _ in range(args.rounds):
-                    ips, err = server_images_per_s(server.port, args.model, lv, batch, input_size, args.seconds,
-                                                   args.concurrency)
+                    ips, err = server_images_per_s(
+                        server.port, args.model, lv, batch, input_size, args.seconds, args.concurrency
+                    )
                     server_ips.append(ips)
                     errors += err
                     model_ips.append(model_only(lv, batch))
                 ratios = [s_ / ((a + b) / 2) for s_, a, b in zip(server_ips, model_ips, model_ips[1:])]
                 ratio = statistics.median(ratios)
-                rows.append({"level": lv, "batch_size": batch,
-                             "model_images_per_s": round(statistics.median(model_ips), 2),
-                             "server_images_per_s": round(statistics.median(server_ips), 2),
-                             "model_windows": [round(x, 2) for x in model_ips],
-                             "server_windows": [round(x, 2) for x in server_ips],
-                             "window_ratios": [round(x, 3) for x in ratios], "errors": errors,
-                             "ratio": round(ratio, 3), "meets_target": ratio >= TARGET_RATIO})
-    env = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-           "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg(), "concurrency": args.concurrency,
-           "seconds": args.seconds, "rounds": args.rounds, "model": args.model}
-    print(f"# server vs model-only throughput ({env['cpu']}, {env['cores']} cores, torch {env['torch']}, "
-          f"load avg {env['load_average'][0]:.1f})")
-    print("| level | batch | model-only img/s (median) | server img/s (median) | server/model (median of windows) | >= 85 % |")
+                rows.append(
+                    {
+                        "level": lv,
+                        "batch_size": batch,
+                        "model_images_per_s": round(statistics.median(model_ips), 2),
+                        "server_images_per_s": round(statistics.median(server_ips), 2),
+                        "model_windows": [round(x, 2) for x in model_ips],
+                        "server_windows": [round(x, 2) for x in server_ips],
+                        "window_ratios": [round(x, 3) for x in ratios],
+                        "errors": errors,
+                        "ratio": round(ratio, 3),
+                        "meets_target": ratio >= TARGET_RATIO,
+                    }
+                )
+    env = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": os.getloadavg(),
+        "concurrency": args.concurrency,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "model": args.model,
+    }
+    print(
+        f"# server vs model-only throughput ({env['cpu']}, {env['cores']} cores, torch {env['torch']}, "
+        f"load avg {env['load_average'][0]:.1f})"
+    )
+    print(
+        "| level | batch | model-only img/s (median) | server img/s (median) | server/model (median of windows) | >= 85 % |"
+    )
     print("|---|---:|---:|---:|---:|---|")
     for r in rows:
-        print(f"| {r['level']} | {r['batch_size']} | {r['model_images_per_s']:.1f} | {r['server_images_per_s']:.1f} | "
-              f"{r['ratio']:.2f} | {'yes' if r['meets_target'] else 'NO'} |")
+        print(
+            f"| {r['level']} | {r['batch_size']} | {r['model_images_per_s']:.1f} | {r['server_images_per_s']:.1f} | "
+            f"{r['ratio']:.2f} | {'yes' if r['meets_target'] else 'NO'} |"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
     return 0 if all(r["meets_target"] for r in rows) else 1

@@ -1,4 +1,5 @@
 """Wall-clock timing of device work: synchronized, warmed up, bounded in count and time."""
+
 from __future__ import annotations
 
 import statistics

@@ -2,6 +2,7 @@
 
 Never imports service/, FastAPI or Prometheus.
 """
+
 from models.levels import DENSE, Level, ReductionStep
 from models.loader import load_model
 from models.sparse_vit import SparseViT

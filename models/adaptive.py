@@ -23,6 +23,7 @@ the queue of its level and runs in that level's captured graph, batched with oth
 at the same level. `AdaptiveDensity.forward` is that same split done in one call (for
 evaluation): it reuses the probe's tokens, so an image costs exactly its level's GFLOPs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -3,6 +3,7 @@
 Written by `python -m models.evaluate --json`, committed under models/cards/<model>.json, and
 read by the service for the accuracy dial (`min_accuracy`).
 """
+
 from __future__ import annotations
 
 import json
@@ -51,7 +52,9 @@ class LevelCard:
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed level card: {exc}") from exc
         entries = tuple(sorted(entries, key=lambda e: -e.gflops_ratio))
-        return cls(model=str(data.get("model", "")), levels=entries, source={k: v for k, v in data.items() if k != "levels"})
+        return cls(
+            model=str(data.get("model", "")), levels=entries, source={k: v for k, v in data.items() if k != "levels"}
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> "LevelCard":

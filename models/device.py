@@ -3,6 +3,7 @@
 One function for the server, training and evaluation, so that "auto" and the error for a
 missing GPU mean the same everywhere.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,7 +14,7 @@ class DeviceUnavailable(RuntimeError):
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; "cuda" without CUDA is a clear error.
+    """ "auto" -> cuda when available, else cpu; "cuda" without CUDA is a clear error.
 
     Raises:
         DeviceUnavailable (a RuntimeError): a cuda device asked for, and torch sees no CUDA.

@@ -3,6 +3,7 @@
 Images are decoded once into uint8 crops with models.preprocess (timm's eval transform up to
 ToTensor), so that evaluating many levels costs one decode per image.
 """
+
 from __future__ import annotations
 
 import csv

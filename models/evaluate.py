@@ -9,6 +9,7 @@ batch, every level runs on the same batch, so that all levels see the same input
 size and background load; images_per_s counts model time only (normalize + forward).
 `agreement` is top-1 agreement with the dense level on the same images.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,6 @@ def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{cpu_model()} ({torch.get_num_threads()} threads)"
-
-
 
 
 def _sync(device: torch.device) -> None:
@@ -202,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.model, weights=args.weights)
         levels = parse_levels(args.levels, model)
         crops, labels = decode_items(items, model.data_config, progress=not args.quiet)
-        rows = evaluate(model, crops, labels, levels=levels, batch_size=args.batch_size, device=device, progress=not args.quiet)
+        rows = evaluate(
+            model, crops, labels, levels=levels, batch_size=args.batch_size, device=device, progress=not args.quiet
+        )
     except (UsageError, DeviceUnavailable, EvalSetError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

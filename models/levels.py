@@ -3,6 +3,7 @@
 A level fixes how many tokens each block processes, so every level is a fixed-shape program
 (batchable, capturable as a CUDA graph) and its cost is known without running it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,5 @@
 """load_model: the one entry point the service uses to get a SparseViT."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """The machine a figure was measured on (every figure in docs/ names it), and writing figures into docs."""
+
 from __future__ import annotations
 
 import platform

@@ -6,6 +6,7 @@ Top-level `levels` hold the figures over all images of all runs (accuracy and ag
 weighted by image count; images/s = all images / all model seconds); `datasets` keeps each
 run's own table and command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,8 @@ def combine(runs: list[dict]) -> dict:
         "commands": [run["command"] for run in runs],
         "levels": levels,
         "datasets": {
-            run["dataset"]: {"images": run["images"], "command": run["command"], "levels": run["levels"]} for run in runs
+            run["dataset"]: {"images": run["images"], "command": run["command"], "levels": run["levels"]}
+            for run in runs
         },
     }
 
@@ -93,12 +95,15 @@ def card_markdown(card: dict, runs: list[str]) -> str:
         rows.append(
             f"| {lv['name']} | {lv['reducer']} | {lv['gflops']:.3f} | {lv['gflops_ratio']:.3f} | {lv['top1']:.2f} | "
             f"{lv['top1'] - dense['top1']:+.2f} | {lv['top5']:.2f} | {lv['agreement']:.3f} | {lv['images_per_s']:.1f} | "
-            f"{lv['images_per_s'] / dense['images_per_s']:.2f}x |")
+            f"{lv['images_per_s'] / dense['images_per_s']:.2f}x |"
+        )
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    head = (f"Rendered from `models/cards/{card['model']}.json` ({card['images']} images: "
-            f"{', '.join(card['datasets'])}; {card['device']}; batch {card['batch_size']}) by "
-            f"`python -m models.make_card --runs {' '.join(runs)} --docs ...`, {stamp}, after the "
-            f"`models.evaluate` commands recorded in the card.")
+    head = (
+        f"Rendered from `models/cards/{card['model']}.json` ({card['images']} images: "
+        f"{', '.join(card['datasets'])}; {card['device']}; batch {card['batch_size']}) by "
+        f"`python -m models.make_card --runs {' '.join(runs)} --docs ...`, {stamp}, after the "
+        f"`models.evaluate` commands recorded in the card."
+    )
     return "\n".join([CARD_BEGIN, head, "", *rows, CARD_END])
 
 

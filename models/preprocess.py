@@ -4,6 +4,7 @@ timm's eval transform is Resize(int(size / crop_pct), bicubic) -> CenterCrop(siz
 ToTensor -> Normalize. ToTensor divides uint8 by 255, so stopping at the uint8 crop and
 normalizing later (on the device, inside the runner) gives the same tensor.
 """
+
 from __future__ import annotations
 
 import math

@@ -18,6 +18,7 @@ Written from the papers:
            tokens in dense clusters; only the highest-energy tokens are matched and merged,
            isolated (informative) tokens are protected.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,7 +70,15 @@ def _check_keep(step: ReductionStep, n: int, lowest: int) -> None:
 
 
 # -- prune (EViT / SaiT) ---------------------------------------------------------------------
-def prune(step: ReductionStep, state: TokenState, *, cls_attn: torch.Tensor | None, keys: torch.Tensor | None, num_blocks: int = 12, **_) -> TokenState:
+def prune(
+    step: ReductionStep,
+    state: TokenState,
+    *,
+    cls_attn: torch.Tensor | None,
+    keys: torch.Tensor | None,
+    num_blocks: int = 12,
+    **_,
+) -> TokenState:
     """Keep the class token and the patches the class token attends to most.
 
     After the last block's attention only the class token feeds the head, so there a prune
@@ -123,7 +132,9 @@ def squeeze(step: ReductionStep, state: TokenState, *, cls_attn: torch.Tensor, k
     best_sim, host_of = sim.max(dim=-1)  # [B,P]
     w_pruned = best_sim.exp() * _gather(size, pruned_idx)
     w_host = math.e * _gather(size, host_idx)
-    num = _scatter_add(_gather(x, host_idx) * w_host.unsqueeze(-1), host_of, _gather(x, pruned_idx) * w_pruned.unsqueeze(-1))
+    num = _scatter_add(
+        _gather(x, host_idx) * w_host.unsqueeze(-1), host_of, _gather(x, pruned_idx) * w_pruned.unsqueeze(-1)
+    )
     den = _scatter_add(w_host, host_of, w_pruned)
     new_size = _scatter_add(_gather(size, host_idx), host_of, _gather(size, pruned_idx))
     out = torch.cat([x[:, :1], num / den.unsqueeze(-1)], dim=1)
@@ -207,8 +218,15 @@ def merge(step: ReductionStep, state: TokenState, *, cls_attn: torch.Tensor, key
         r = min(n - step.keep, n_a - 1)  # the class token (A[0]) is never merged
         blocked = torch.arange(n_a, device=x.device) == 0
         x, size, metric = _bipartite_merge(
-            x, size, metric, fixed_idx=None, a_idx=slice(0, None, 2), b_idx=slice(1, None, 2), r=r,
-            a_blocked=blocked, need_metric=n - r > step.keep,
+            x,
+            size,
+            metric,
+            fixed_idx=None,
+            a_idx=slice(0, None, 2),
+            b_idx=slice(1, None, 2),
+            r=r,
+            a_blocked=blocked,
+            need_metric=n - r > step.keep,
         )
     return TokenState(x=x, size=size)
 
@@ -230,7 +248,9 @@ def energy_score(metric: torch.Tensor, margin: float, alpha: float = 1.0) -> tor
     return f.mean(dim=-1)
 
 
-def pitome(step: ReductionStep, state: TokenState, *, cls_attn: torch.Tensor, keys: torch.Tensor, num_blocks: int = 12, **_) -> TokenState:
+def pitome(
+    step: ReductionStep, state: TokenState, *, cls_attn: torch.Tensor, keys: torch.Tensor, num_blocks: int = 12, **_
+) -> TokenState:
     """PiToMe: merge r tokens among the 2r highest-energy patches; everything else is kept."""
     x, size = state.x, _sizes(state)
     _check_keep(step, x.shape[1], 2)
@@ -245,7 +265,14 @@ def pitome(step: ReductionStep, state: TokenState, *, cls_attn: torch.Tensor, ke
         fixed = _cls_first(order[:, 2 * r :])
         # Alternate the candidates (in energy order) into A and B; every A token merges.
         x, size, metric = _bipartite_merge(
-            x, size, metric, fixed_idx=fixed, a_idx=cand[:, 0::2], b_idx=cand[:, 1::2], r=r, need_metric=n - r > step.keep
+            x,
+            size,
+            metric,
+            fixed_idx=fixed,
+            a_idx=cand[:, 0::2],
+            b_idx=cand[:, 1::2],
+            r=r,
+            need_metric=n - r > step.keep,
         )
     return TokenState(x=x, size=size)
 

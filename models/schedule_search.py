@@ -20,6 +20,7 @@ Schedules (`s` = first block, `b` = block, `k` = fraction of patches kept):
                            constant (hyb) or geometric (hybg) <late> reduction from s (= b+1)
 Suffix `+fp`: the exact last-block trim to 2 tokens. Prefix `np/`: no proportional attention.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -112,7 +113,11 @@ def fit(spec: str, target: float, model: SparseViT) -> tuple[float, tuple[Reduct
     """The smallest strength (densest schedule) whose GFLOPs ratio is at or below target."""
     shape = model.shape
     n0 = shape.num_patches + shape.num_prefix_tokens
-    hi = 1.0 if any(spec.split(":")[0].startswith(k) for k in ("mergegeo", "hybg", "evit", "tps", "naive")) else float(n0)
+    hi = (
+        1.0
+        if any(spec.split(":")[0].startswith(k) for k in ("mergegeo", "hybg", "evit", "tps", "naive"))
+        else float(n0)
+    )
     lo, best = 0.0, None
     for _ in range(40):
         mid = (lo + hi) / 2
@@ -156,7 +161,12 @@ def _ablation(variant: str, attention):
 @torch.inference_mode()
 def predictions(model: SparseViT, x: torch.Tensor, level: str, batch_size: int = 64) -> torch.Tensor:
     cfg = model.data_config
-    return torch.cat([model(normalize_uint8(x[i : i + batch_size], cfg), level=level).argmax(-1) for i in range(0, len(x), batch_size)])
+    return torch.cat(
+        [
+            model(normalize_uint8(x[i : i + batch_size], cfg), level=level).argmax(-1)
+            for i in range(0, len(x), batch_size)
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,8 +195,15 @@ def family(kind: str) -> str:
     head = base.split(":")[0]
     if head in ("hyb", "hybg"):
         return f"{base.split(':')[1].replace('prunef', 'prune')} then {base.split(':')[4]}"
-    return {"mergedec": "merge", "mergegeo": "merge", "pitomedec": "pitome", "evitf": "prune", "evit": "prune",
-            "tps": "squeeze", "naive": "prune (naive)"}.get(head, head) + (" (no prop. attn)" if kind.startswith("np/") else "")
+    return {
+        "mergedec": "merge",
+        "mergegeo": "merge",
+        "pitomedec": "pitome",
+        "evitf": "prune",
+        "evit": "prune",
+        "tps": "squeeze",
+        "naive": "prune (naive)",
+    }.get(head, head) + (" (no prop. attn)" if kind.startswith("np/") else "")
 
 
 def plot_search(rows: list[dict], path: Path) -> None:
@@ -201,7 +218,13 @@ def plot_search(rows: list[dict], path: Path) -> None:
         groups.setdefault(family(r["kind"]), []).append(r)
     markers = "osD^v<>phX*"
     for i, (name, pts) in enumerate(sorted(groups.items())):
-        ax.scatter([p["ratio"] for p in pts], [p["agree"] for p in pts], label=name, marker=markers[i % len(markers)], alpha=0.8)
+        ax.scatter(
+            [p["ratio"] for p in pts],
+            [p["agree"] for p in pts],
+            label=name,
+            marker=markers[i % len(markers)],
+            alpha=0.8,
+        )
     ax.set_xlabel("GFLOPs / dense GFLOPs")
     ax.set_ylabel("top-1 agreement with dense")
     ax.set_title(f"Schedules tried ({rows[0]['subset']} images, DeiT-Tiny, no training)", fontsize=10)
@@ -236,11 +259,15 @@ def run_jobs(args: argparse.Namespace) -> None:
         pred = predictions(sparse, x, "job")
         level = sparse.level("job")
         row = {
-            "kind": job.rsplit("@", 1)[0], "target": float(target), "param": round(strength, 3),
-            "ratio": round(level.gflops_ratio, 4), "subset": len(y),
+            "kind": job.rsplit("@", 1)[0],
+            "target": float(target),
+            "param": round(strength, 3),
+            "ratio": round(level.gflops_ratio, 4),
+            "subset": len(y),
             "dtop1": round(((pred == y).float().mean().item() - dense_top1) * 100, 2),
             "agree": round((pred == dense).float().mean().item(), 4),
-            "tokens": list(level.tokens_per_block), "s": round(time.perf_counter() - t0, 1),
+            "tokens": list(level.tokens_per_block),
+            "s": round(time.perf_counter() - t0, 1),
         }
         print(json.dumps(row), flush=True)
         with args.out.open("a") as f:

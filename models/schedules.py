@@ -8,6 +8,7 @@ they apply to any ViT depth (the tiny test ViT, DeiT-T/S/B).
 The recipe for each default target was picked on DeiT-Tiny with the real evaluation images
 (agreement with dense first, top-1 second): see docs/accuracy.md, "schedules tried".
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

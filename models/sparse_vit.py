@@ -10,6 +10,7 @@ Modifications relative to timm's `VisionTransformer.forward` (timm 1.0.x):
   proportional attention).
 Every shape is fixed by the level: no `.item()`, `nonzero` or data-dependent sizes.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -82,7 +83,9 @@ class SparseViT(nn.Module):
             attn_tokens.append(n)
             if i in by_block:
                 if by_block[i].reducer not in REDUCERS:
-                    raise ValueError(f"level {name}: unknown reducer {by_block[i].reducer!r}; known: {', '.join(REDUCERS)}")
+                    raise ValueError(
+                        f"level {name}: unknown reducer {by_block[i].reducer!r}; known: {', '.join(REDUCERS)}"
+                    )
                 keep = by_block[i].keep
                 if not 1 < keep <= n:
                     raise ValueError(f"level {name}: block {i} keeps {keep} of {n} tokens")

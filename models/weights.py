@@ -3,6 +3,7 @@
 Only two formats are read: `.safetensors`, and `.pth`/`.pt` through
 `torch.load(weights_only=True)`, which refuses to unpickle code.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,15 @@ import torch
 # A tiny random ViT for tests and mechanics (embed 64, depth 6); never pretrained.
 TINY_TEST_MODEL = "vit_tiny_test"
 _TINY_KWARGS = dict(
-    img_size=224, patch_size=16, embed_dim=64, depth=6, num_heads=4, mlp_ratio=4.0,
-    num_classes=1000, class_token=True, global_pool="token",
+    img_size=224,
+    patch_size=16,
+    embed_dim=64,
+    depth=6,
+    num_heads=4,
+    mlp_ratio=4.0,
+    num_classes=1000,
+    class_token=True,
+    global_pool="token",
 )
 
 

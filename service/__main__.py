@@ -7,6 +7,7 @@ SIGTERM/SIGINT drain: readiness turns false at once (the load balancer stops sen
 inference requests get 503, requests already admitted finish (up to SAIT_DRAIN_TIMEOUT_S),
 then uvicorn closes the listener and the process exits. A second SIGINT forces the exit.
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,8 +54,11 @@ class DrainingServer(uvicorn.Server):
         while time.monotonic() < give_up and self.engine.pending() > 0:
             time.sleep(0.02)
         if self.engine.pending() > 0:
-            log.warning("drain timeout: %d requests and images still pending after %.0f s", self.engine.pending(),
-                        self.drain_timeout_s)
+            log.warning(
+                "drain timeout: %d requests and images still pending after %.0f s",
+                self.engine.pending(),
+                self.drain_timeout_s,
+            )
         else:
             log.info("drained: no request in flight")
         self.should_exit = True
@@ -67,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sait-serve: {exc}", file=sys.stderr)
         return 2
     # Logs go to stdout, so that a start-up failure leaves exactly one line on stderr.
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         engine = Engine.load(settings)
     except StartupError as exc:
@@ -78,8 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     from service.frontend.fast_path import FastInference
 
     app = FastInference(create_app(settings, engine=engine, exit_on_failure=True))
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)), access_log=False)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        access_log=False,
+    )
     server = DrainingServer(config, engine=engine, drain_timeout_s=settings.drain_timeout_s)
     server.run()
     if engine.failed:

@@ -4,6 +4,7 @@ Both APIs answer them as `{"error": "..."}` (Triton's error body), with Triton's
 Triton has one (400 invalid argument, 404 not found, 503 unavailable, 500 internal) and the
 HTTP meaning otherwise (413 too large, 429 shed with Retry-After, 504 expired in the queue).
 """
+
 from __future__ import annotations
 
 import math

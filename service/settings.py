@@ -4,6 +4,7 @@ Names and defaults are fixed by docs/contract.md (the chart and the load tests u
 Flags override the environment, which overrides the defaults. Every value is validated at
 start-up; a bad one stops the process with one line that names the setting and the reason.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,17 +43,41 @@ class Settings(BaseSettings):
     policy: str = Field("adaptive", description="adaptive or fixed:<density> (fixed:dense = fixed:1.0)")
     default_budget_ms: float = Field(1000.0, gt=0, le=3_600_000, description="budget for requests that give none")
     safety_margin: float = Field(0.1, ge=0, lt=1, description="fraction of the budget kept as margin")
-    degrade_from: float = Field(0.3, ge=0, le=1, description="share of the usable budget queued work may fill "
-                                "before the densest level is skipped (1: off)")
-    max_utilization: float = Field(0.85, gt=0, le=1, description="share of a level's full-batch capacity the "
-                                   "arrival rate may take before the controller serves a sparser rung")
-    overload_wait_share: float = Field(0.6, gt=0, le=1, description="when arrivals reach 1.5x the sparsest "
-                                       "level's capacity, share of the usable budget queued work may fill before "
-                                       "shedding; from 1x to 1.5x it tightens from 1 to this (1: off)")
-    idle_probe_s: float = Field(2.0, ge=0, le=3600, description="after this many idle seconds the worker times "
-                                "one small batch of the sparsest level, to keep the latency model current (0: off)")
-    torch_threads: int = Field(0, ge=0, le=1024, description="torch intra-op threads for the model (0: torch's "
-                               "default, one per core); fewer leaves cores to HTTP and decoding on a CPU host")
+    degrade_from: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="share of the usable budget queued work may fill before the densest level is skipped (1: off)",
+    )
+    max_utilization: float = Field(
+        0.85,
+        gt=0,
+        le=1,
+        description="share of a level's full-batch capacity the "
+        "arrival rate may take before the controller serves a sparser rung",
+    )
+    overload_wait_share: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="when arrivals reach 1.5x the sparsest "
+        "level's capacity, share of the usable budget queued work may fill before "
+        "shedding; from 1x to 1.5x it tightens from 1 to this (1: off)",
+    )
+    idle_probe_s: float = Field(
+        2.0,
+        ge=0,
+        le=3600,
+        description="after this many idle seconds the worker times "
+        "one small batch of the sparsest level, to keep the latency model current (0: off)",
+    )
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="torch intra-op threads for the model (0: torch's "
+        "default, one per core); fewer leaves cores to HTTP and decoding on a CPU host",
+    )
     max_body_bytes: int = Field(20_971_520, ge=1024, description="larger bodies get 413")
     max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto, fp32, bf16, fp16")
@@ -119,7 +144,7 @@ class Settings(BaseSettings):
     @property
     def fixed_density(self) -> str | float | None:
         """For `fixed:<density>` the density (a level name, or a number in (0, 1]), else None."""
-        return parse_density(self.policy[len("fixed:"):]) if self.policy.startswith("fixed:") else None
+        return parse_density(self.policy[len("fixed:") :]) if self.policy.startswith("fixed:") else None
 
 
 def _flag(name: str) -> str:
@@ -136,11 +161,21 @@ def build_parser() -> argparse.ArgumentParser:
     for name, field in Settings.model_fields.items():
         env = ENV_PREFIX + name.upper()
         if field.annotation is bool:
-            parser.add_argument(_flag(name), dest=name, default=None, action=argparse.BooleanOptionalAction,
-                                help=f"{field.description} [{env}, default {field.default}]")
+            parser.add_argument(
+                _flag(name),
+                dest=name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=f"{field.description} [{env}, default {field.default}]",
+            )
         else:
-            parser.add_argument(_flag(name), dest=name, default=None, metavar=name.upper(),
-                                help=f"{field.description} [{env}, default {field.default}]")
+            parser.add_argument(
+                _flag(name),
+                dest=name,
+                default=None,
+                metavar=name.upper(),
+                help=f"{field.description} [{env}, default {field.default}]",
+            )
     return parser
 
 

@@ -3,6 +3,7 @@
 The assets (real DeiT-Tiny weights, the two ImageNet evaluation sets) live outside the
 repository at ../shared/assets; tests that need them skip, saying why, where they are absent.
 """
+
 from __future__ import annotations
 
 import os

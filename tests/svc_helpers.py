@@ -1,4 +1,5 @@
 """Helpers for the service tests: a real uvicorn server on a free loopback port, images."""
+
 from __future__ import annotations
 
 import io

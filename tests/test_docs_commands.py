@@ -38,8 +38,9 @@ def test_the_docs_name_the_tools():
 
 def test_every_documented_command_answers_help():
     def run(module: str) -> tuple[str, int, str]:
-        proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
-                              timeout=180)
+        proc = subprocess.run(
+            [sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True, timeout=180
+        )
         return module, proc.returncode, proc.stderr[-500:]
 
     with ThreadPoolExecutor(max_workers=2) as pool:

@@ -24,16 +24,25 @@ from bench.loadgen.session import LoadRun, execute
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.loadgen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL (loopback unless --allow-remote)")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback target")
     p.add_argument("--api", choices=APIS, default="v1", help="v1 = native /v1/classify, v2 = KServe v2 infer")
     p.add_argument("--model", default="deit_tiny_patch16_224", help="served model name (v2 paths)")
-    p.add_argument("--payload", choices=PAYLOAD_KINDS, default="jpeg",
-                   help="jpeg = encoded images; uint8 = preprocessed [1,3,224,224] tensors (v2 only)")
-    p.add_argument("--images", type=Path, default=None,
-                   help=f"folder of images (default {DEFAULT_IMAGE_DIR} when present, else synthetic)")
+    p.add_argument(
+        "--payload",
+        choices=PAYLOAD_KINDS,
+        default="jpeg",
+        help="jpeg = encoded images; uint8 = preprocessed [1,3,224,224] tensors (v2 only)",
+    )
+    p.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help=f"folder of images (default {DEFAULT_IMAGE_DIR} when present, else synthetic)",
+    )
     p.add_argument("--synthetic", action="store_true", help="use random-noise images")
     p.add_argument("--max-images", type=int, default=64, help="images to load from the folder")
     load = p.add_argument_group("offered load")
@@ -42,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--duration-s", type=float, default=30.0, help="length of a --rate run")
     load.add_argument("--process", choices=PROCESSES, default=None, help="arrival process (default poisson)")
     load.add_argument("--max-requests", type=int, default=100_000, help="hard cap on requests")
-    load.add_argument("--max-inflight", type=int, default=512, help="most outstanding requests; more are counted unsent")
+    load.add_argument(
+        "--max-inflight", type=int, default=512, help="most outstanding requests; more are counted unsent"
+    )
     load.add_argument("--timeout-s", type=float, default=30.0, help="per-request client timeout")
     load.add_argument("--seed", type=int, default=0)
     dials = p.add_argument_group("dials (when no --scenario)")
@@ -78,9 +89,16 @@ def resolve(args: argparse.Namespace) -> LoadRun:
         if any(v is not None for v in (args.budget_ms, args.density, args.min_accuracy, args.top_k)):
             raise ValueError("give dials either in --scenario or as flags, not both")
     else:
-        scenario = Scenario.single(Dials(name="default", density=_density(args.density),
-                                         latency_budget_ms=args.budget_ms, min_accuracy=args.min_accuracy,
-                                         top_k=args.top_k), default_budget_ms=DEFAULT_BUDGET_MS)
+        scenario = Scenario.single(
+            Dials(
+                name="default",
+                density=_density(args.density),
+                latency_budget_ms=args.budget_ms,
+                min_accuracy=args.min_accuracy,
+                top_k=args.top_k,
+            ),
+            default_budget_ms=DEFAULT_BUDGET_MS,
+        )
     if args.profile and args.rate is not None:
         raise ValueError("give either --profile or --rate, not both")
     if args.profile:
@@ -100,10 +118,15 @@ def resolve(args: argparse.Namespace) -> LoadRun:
     return LoadRun(
         base_url=base_url,
         target=Target(api=args.api, kind=args.payload, model=args.model),
-        profile=profile, scenario=scenario, payloads=payloads,
+        profile=profile,
+        scenario=scenario,
+        payloads=payloads,
         process=args.process or scenario.process or "poisson",
-        max_requests=args.max_requests, max_inflight=args.max_inflight, timeout_s=args.timeout_s,
-        seed=args.seed, progress=not args.quiet,
+        max_requests=args.max_requests,
+        max_inflight=args.max_inflight,
+        timeout_s=args.timeout_s,
+        seed=args.seed,
+        progress=not args.quiet,
     )
 
 
@@ -118,15 +141,26 @@ def main(argv: list[str] | None = None) -> int:
         results, summary = execute(run)
     except (OSError, ValueError, httpx.HTTPError) as exc:  # e.g. server down, no v2 metadata
         # TargetError is a ValueError: its message already says what went wrong.
-        print(f"loadgen: {exc if isinstance(exc, TargetError) else f'{type(exc).__name__}: {exc}'}",
-              file=sys.stderr)
+        print(f"loadgen: {exc if isinstance(exc, TargetError) else f'{type(exc).__name__}: {exc}'}", file=sys.stderr)
         return 1
     window_s = args.window_s or max(1.0, run.profile.duration_s / 60)
-    summary["config"] = {"url": run.base_url, "api": run.target.api, "payload": run.target.kind,
-                         "profile": args.profile or f"{args.rate}@{args.duration_s}",
-                         "process": run.process, "scenario": run.scenario.name, "seed": run.seed}
-    paths = write_run(args.out, results, summary, window_s=window_s, plot=not args.no_plot,
-                      title=f"{run.target.api} {run.scenario.name} {summary['config']['profile']}")
+    summary["config"] = {
+        "url": run.base_url,
+        "api": run.target.api,
+        "payload": run.target.kind,
+        "profile": args.profile or f"{args.rate}@{args.duration_s}",
+        "process": run.process,
+        "scenario": run.scenario.name,
+        "seed": run.seed,
+    }
+    paths = write_run(
+        args.out,
+        results,
+        summary,
+        window_s=window_s,
+        plot=not args.no_plot,
+        title=f"{run.target.api} {run.scenario.name} {summary['config']['profile']}",
+    )
     if len(run.profile.segments) > 1:
         # A stepped or ramped profile: goodput and attainment against each segment's load.
         bounds, t = [], 0.0
@@ -138,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         paths["segments"] = args.out / "segments.json"
         if not args.no_plot:
             paths["load_plot"] = args.out / "load.png"
-            plot_sweep(paths["load_plot"], [{"policy": "this run", **seg} for seg in segments],
-                       title="goodput and attainment per profile segment")
+            plot_sweep(
+                paths["load_plot"],
+                [{"policy": "this run", **seg} for seg in segments],
+                title="goodput and attainment per profile segment",
+            )
     print(format_summary(summary))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -152,8 +152,7 @@ class RateProfile:
     def scaled(self, factor: float) -> RateProfile:
         """The same shape at `factor` times the rate (for load sweeps)."""
         return RateProfile(
-            segments=tuple(Segment(s.duration_s, s.start_rps * factor, s.end_rps * factor)
-                           for s in self.segments)
+            segments=tuple(Segment(s.duration_s, s.start_rps * factor, s.end_rps * factor) for s in self.segments)
         )
 
 

@@ -148,7 +148,12 @@ def encode_bytes_element(data: bytes) -> bytes:
 
 
 def v2_request(
-    dials: Dials, payload: Payload, *, model: str, input_name: str, kind: PayloadKind,
+    dials: Dials,
+    payload: Payload,
+    *,
+    model: str,
+    input_name: str,
+    kind: PayloadKind,
     output_name: str | None = None,
 ) -> tuple[str, dict, bytes]:
     """(path, headers, body) of a v2 infer request using the binary tensor data extension.
@@ -179,8 +184,12 @@ def v2_request(
 
 def dials_parameters(dials: Dials) -> dict:
     """Dials as typed v2 request parameters (numbers stay numbers)."""
-    raw = {"density": dials.density, "latency_budget_ms": dials.latency_budget_ms,
-           "min_accuracy": dials.min_accuracy, "top_k": dials.top_k}
+    raw = {
+        "density": dials.density,
+        "latency_budget_ms": dials.latency_budget_ms,
+        "min_accuracy": dials.min_accuracy,
+        "top_k": dials.top_k,
+    }
     return {k: v for k, v in raw.items() if v is not None}
 
 
@@ -237,15 +246,16 @@ async def discover_v2_io(client: HttpClient, model: str, kind: PayloadKind) -> t
     if not inputs:
         raise ValueError(f"model {model!r} metadata lists no inputs")
     want = "UINT8" if kind == "uint8" else "BYTES"
-    input_name = next((str(i["name"]) for i in inputs if str(i.get("datatype", "")).upper() == want),
-                      str(inputs[0]["name"]))
-    output_name = next((str(o["name"]) for o in outputs if str(o.get("datatype", "")).upper().startswith("INT")),
-                       None)
+    input_name = next(
+        (str(i["name"]) for i in inputs if str(i.get("datatype", "")).upper() == want), str(inputs[0]["name"])
+    )
+    output_name = next((str(o["name"]) for o in outputs if str(o.get("datatype", "")).upper().startswith("INT")), None)
     return input_name, output_name
 
 
-async def send(client: HttpClient, target: Target, dials: Dials, payload: Payload,
-               result: Result, *, start_s: float) -> Result:
+async def send(
+    client: HttpClient, target: Target, dials: Dials, payload: Payload, result: Result, *, start_s: float
+) -> Result:
     """Send one request now and fill `result` in. Never raises for server/transport failures.
 
     Args:
@@ -258,8 +268,14 @@ async def send(client: HttpClient, target: Target, dials: Dials, payload: Payloa
             path, params, headers, body = v1_request(dials, payload)
             response = await client.post(path, params=params, headers=headers, content=body)
         else:
-            path, headers, body = v2_request(dials, payload, model=target.model, input_name=target.input_name,
-                                             kind=target.kind, output_name=target.output_name)
+            path, headers, body = v2_request(
+                dials,
+                payload,
+                model=target.model,
+                input_name=target.input_name,
+                kind=target.kind,
+                output_name=target.output_name,
+            )
             response = await client.post(path, headers=headers, content=body)
         result.latency_ms = (time.perf_counter() - scheduled) * 1e3
         result.status = response.status_code

@@ -70,10 +70,18 @@ def parse_variant(spec: str) -> Variant:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.loadgen.compare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variant", action="append", required=True, metavar="NAME[@CHECKOUT]:K=V;...",
-                   help="a server variant (repeat; at least two)")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.loadgen.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        required=True,
+        metavar="NAME[@CHECKOUT]:K=V;...",
+        help="a server variant (repeat; at least two)",
+    )
     p.add_argument("--model", default="deit_tiny_patch16_224")
     p.add_argument("--api", choices=("v1", "v2"), default="v2")
     p.add_argument("--payload", choices=PAYLOAD_KINDS, default="uint8")
@@ -82,8 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--point-s", type=float, default=20.0, help="seconds of load per point")
     p.add_argument("--budget-ms", type=float, default=1000.0)
     p.add_argument("--capacity-rps", type=float, help="skip the capacity measurement, use this")
-    p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
-                   help="SAIT_ setting for every server, the capacity server too")
+    p.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="SAIT_ setting for every server, the capacity server too",
+    )
     p.add_argument("--images", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("out/compare"))
     p.add_argument("--docs", type=Path, default=None, help="markdown file to write the table into")
@@ -106,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compare: {exc}", file=sys.stderr)
         return 2
     folder = args.images or DEFAULT_IMAGE_DIR
-    payloads = (load_folder(folder, kind=args.payload, limit=64) if folder.is_dir()
-                else synthetic(count=16, kind=args.payload))
+    payloads = (
+        load_folder(folder, kind=args.payload, limit=64) if folder.is_dir() else synthetic(count=16, kind=args.payload)
+    )
     target = Target(api=args.api, kind=args.payload, model=args.model)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -115,35 +129,57 @@ def main(argv: list[str] | None = None) -> int:
     if args.capacity_rps:
         cap_rps = args.capacity_rps
     else:
-        with ServerProcess(settings={**base, "POLICY": "fixed:dense"}, log_path=args.out / "server-capacity.log") as dense:
-            cap_rps = max(measure_capacity(base_url=dense.url, target=target, payloads=payloads, concurrency=c,
-                                           duration_s=12.0)
-                          ["capacity_rps"] for c in (32, 64))
+        with ServerProcess(
+            settings={**base, "POLICY": "fixed:dense"}, log_path=args.out / "server-capacity.log"
+        ) as dense:
+            cap_rps = max(
+                measure_capacity(base_url=dense.url, target=target, payloads=payloads, concurrency=c, duration_s=12.0)[
+                    "capacity_rps"
+                ]
+                for c in (32, 64)
+            )
     print(f"dense capacity {cap_rps:.1f} req/s", flush=True)
     with contextlib.ExitStack() as stack:
         servers = {}
         for v in variants:
-            servers[v.name] = stack.enter_context(ServerProcess(settings={**base, **v.settings}, root=v.root,
-                                                                log_path=args.out / f"server-{v.name}.log"))
+            servers[v.name] = stack.enter_context(
+                ServerProcess(settings={**base, **v.settings}, root=v.root, log_path=args.out / f"server-{v.name}.log")
+            )
             servers[v.name].pause()  # until its turn (see bench.loadgen.server)
         bar = tqdm(total=args.reps * len(loads) * len(variants), unit="point", desc="compare")
         for rep in range(args.reps):
             for load_x in loads:
                 for v in variants:
                     with servers[v.name].turn():
-                        results, summary = budget_point(base_url=servers[v.name].url, target=target,
-                                                        rate_rps=load_x * cap_rps, duration_s=args.point_s,
-                                                        budget_ms=args.budget_ms, payloads=payloads, seed=rep)
+                        results, summary = budget_point(
+                            base_url=servers[v.name].url,
+                            target=target,
+                            rate_rps=load_x * cap_rps,
+                            duration_s=args.point_s,
+                            budget_ms=args.budget_ms,
+                            payloads=payloads,
+                            seed=rep,
+                        )
                         time.sleep(2.0)  # let the queue drain before the next point
-                    write_run(args.out / f"{v.name}-{load_x:g}x-{rep}", results, summary, window_s=1.0,
-                              title=f"{v.name} at {load_x:g}x, turn {rep + 1}")
+                    write_run(
+                        args.out / f"{v.name}-{load_x:g}x-{rep}",
+                        results,
+                        summary,
+                        window_s=1.0,
+                        title=f"{v.name} at {load_x:g}x, turn {rep + 1}",
+                    )
                     rows.append({"variant": v.name, "load_x": load_x, "rep": rep, **summary})
                     bar.update(1)
         bar.close()
     doc = {
         "command": "python -m bench.loadgen.compare " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "cpu": cpu_model(), "cores": cores(), "capacity_rps": cap_rps, "budget_ms": args.budget_ms,
-        "point_s": args.point_s, "settings": base, "wall_s": time.time() - started,
+        "cpu": cpu_model(),
+        "cores": cores(),
+        "capacity_rps": cap_rps,
+        "budget_ms": args.budget_ms,
+        "point_s": args.point_s,
+        "settings": base,
+        "wall_s": time.time() - started,
         "measured_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "variants": [{"name": v.name, "settings": v.settings, "root": str(v.root or REPO_ROOT)} for v in variants],
         "rows": rows,
@@ -181,13 +217,23 @@ def markdown(doc: dict) -> str:
         means = []
         for n in names:
             mine = [by[(n, load_x, rep)] for rep in reps if (n, load_x, rep) in by]
-            means.append(_cell({k: statistics.fmean(r[k] for r in mine) for k in
-                                ("attainment", "shed_fraction", "goodput_rps", "mean_batch")} if mine else None))
+            means.append(
+                _cell(
+                    {
+                        k: statistics.fmean(r[k] for r in mine)
+                        for k in ("attainment", "shed_fraction", "goodput_rps", "mean_batch")
+                    }
+                    if mine
+                    else None
+                )
+            )
         lines.append(f"| {load_x:g}x | **mean** | " + " | ".join(means) + " |")
     lines.append("")
     for v in doc["variants"]:
-        lines.append(f"- `{v['name']}`: settings {v['settings'] or 'defaults'}"
-                     + (f", server from `{v['root']}`" if v["root"] != str(REPO_ROOT) else ""))
+        lines.append(
+            f"- `{v['name']}`: settings {v['settings'] or 'defaults'}"
+            + (f", server from `{v['root']}`" if v["root"] != str(REPO_ROOT) else "")
+        )
     lines.append(END)
     return "\n".join(lines)
 
@@ -198,8 +244,9 @@ def _cell(r: dict | None) -> str:
     att = r["attainment"]
     att_text = "n/a" if att != att else f"{100 * att:.1f}%"
     batch = r.get("mean_batch", float("nan"))
-    return (f"{att_text} / {100 * r['shed_fraction']:.1f}% / {r['goodput_rps']:.1f} / "
-            + ("n/a" if batch != batch else f"{batch:.1f}"))
+    return f"{att_text} / {100 * r['shed_fraction']:.1f}% / {r['goodput_rps']:.1f} / " + (
+        "n/a" if batch != batch else f"{batch:.1f}"
+    )
 
 
 if __name__ == "__main__":

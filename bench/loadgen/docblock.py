@@ -7,8 +7,6 @@ from pathlib import Path
 from models.machine import cpu_model, replace_block  # noqa: F401 (re-exported)
 
 
-
-
 def cores() -> int:
     return len(os.sched_getaffinity(0))
 

@@ -103,8 +103,10 @@ async def run_open_loop(
         raise ValueError("need one Dials per arrival")
     if not payloads:
         raise ValueError("need at least one payload")
-    results = [Result(index=i, cls=d.name, scheduled_s=float(t), budget_ms=scenario.budget_ms(d))
-               for i, (t, d) in enumerate(zip(arrivals_s, dials))]
+    results = [
+        Result(index=i, cls=d.name, scheduled_s=float(t), budget_ms=scenario.budget_ms(d))
+        for i, (t, d) in enumerate(zip(arrivals_s, dials))
+    ]
     inflight: dict[asyncio.Task, Result] = {}
 
     def finished(task: asyncio.Task) -> None:
@@ -157,11 +159,11 @@ async def run_closed_loop(
 
     async def worker() -> None:
         while time.perf_counter() < stop_s and len(results) < max_requests:
-            result = Result(index=len(results), cls=dials.name,
-                            scheduled_s=time.perf_counter() - start_s, budget_ms=budget_ms)
+            result = Result(
+                index=len(results), cls=dials.name, scheduled_s=time.perf_counter() - start_s, budget_ms=budget_ms
+            )
             results.append(result)
-            await send(client, target, dials, payloads[result.index % len(payloads)], result,
-                       start_s=start_s)
+            await send(client, target, dials, payloads[result.index % len(payloads)], result, start_s=start_s)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return results

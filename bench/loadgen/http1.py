@@ -13,6 +13,7 @@ Supports what the load generator needs from sait-serve (or any HTTP/1.1 server):
 POST with a body, Content-Length or chunked responses, keep-alive, timeouts. Errors are
 httpx's exception types, so callers handle this client and an httpx one alike.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -89,16 +90,32 @@ class Http1Client:
         self._slots = asyncio.Semaphore(max_connections)
         self.opened = 0  # connections opened so far (tests and diagnostics)
 
-    async def get(self, path: str, *, params: dict | None = None, headers: dict | None = None,
-                  timeout: float | None = None) -> Response:
+    async def get(
+        self, path: str, *, params: dict | None = None, headers: dict | None = None, timeout: float | None = None
+    ) -> Response:
         return await self.request("GET", path, params=params, headers=headers, timeout=timeout)
 
-    async def post(self, path: str, *, params: dict | None = None, headers: dict | None = None,
-                   content: bytes = b"", timeout: float | None = None) -> Response:
+    async def post(
+        self,
+        path: str,
+        *,
+        params: dict | None = None,
+        headers: dict | None = None,
+        content: bytes = b"",
+        timeout: float | None = None,
+    ) -> Response:
         return await self.request("POST", path, params=params, headers=headers, content=content, timeout=timeout)
 
-    async def request(self, method: str, path: str, *, params: dict | None = None, headers: dict | None = None,
-                      content: bytes = b"", timeout: float | None = None) -> Response:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict | None = None,
+        headers: dict | None = None,
+        content: bytes = b"",
+        timeout: float | None = None,
+    ) -> Response:
         """Send one request and read its answer; httpx.TimeoutException or httpx.TransportError on failure."""
         target = f"{path}?{urlencode(params)}" if params else path
         lines = [f"{method} {target} HTTP/1.1", f"Host: {self._host_header}", f"Content-Length: {len(content)}"]
@@ -155,7 +172,9 @@ class Http1Client:
             status, headers = _parse_head(status_line, await _read_header_lines(conn.reader))
             content, to_eof = await _read_body(conn.reader, status, headers)
         except (asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
-            raise httpx.RemoteProtocolError(f"bad answer from {self.base_url}{path}: {type(exc).__name__} {exc}") from None
+            raise httpx.RemoteProtocolError(
+                f"bad answer from {self.base_url}{path}: {type(exc).__name__} {exc}"
+            ) from None
         if to_eof or headers.get("connection", "").lower() == "close":
             conn.close()
         else:

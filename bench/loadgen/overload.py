@@ -72,12 +72,19 @@ def served_top1(level_fractions: dict[str, float], top1: dict[str, float]) -> fl
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.loadgen.overload", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.loadgen.overload",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", default="deit_tiny_patch16_224")
     p.add_argument("--api", choices=("v1", "v2"), default="v1")
-    p.add_argument("--payload", choices=PAYLOAD_KINDS, default="jpeg",
-                   help="jpeg: the server decodes; uint8: preprocessed tensors (needs --api v2)")
+    p.add_argument(
+        "--payload",
+        choices=PAYLOAD_KINDS,
+        default="jpeg",
+        help="jpeg: the server decodes; uint8: preprocessed tensors (needs --api v2)",
+    )
     p.add_argument("--loads", default="0.5,1,1.5,2,2.5,3", help="offered loads in x dense capacity")
     p.add_argument("--point-s", type=float, default=20.0, help="seconds of load per point")
     p.add_argument("--budget-ms", type=float, default=1000.0, help="latency budget of every request")
@@ -87,21 +94,42 @@ def build_parser() -> argparse.ArgumentParser:
     # the batches (each client resends only when answered, and a batch starts after the max
     # queue delay with whatever has come), and understates what an open-loop overload gets.
     p.add_argument("--concurrency", default="16,32,64", help="closed-loop client counts tried for capacity")
-    p.add_argument("--policies", default="adaptive,fixed:dense,sparsest",
-                   help='comma list; "sparsest" = fixed at the sparsest level the server offers')
-    p.add_argument("--interleave", action="store_true",
-                   help="run all policies' servers at once and alternate them at each load point")
-    p.add_argument("--recalibrate-s", type=float, default=0.0, metavar="SECONDS",
-                   help="with --interleave: re-measure the dense capacity for this long before each load "
-                        "(with the best client count) and offer that load relative to it (0: off)")
-    p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra SAIT_ setting for every server (e.g. MAX_BATCH_SIZE=16)")
+    p.add_argument(
+        "--policies",
+        default="adaptive,fixed:dense,sparsest",
+        help='comma list; "sparsest" = fixed at the sparsest level the server offers',
+    )
+    p.add_argument(
+        "--interleave",
+        action="store_true",
+        help="run all policies' servers at once and alternate them at each load point",
+    )
+    p.add_argument(
+        "--recalibrate-s",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --interleave: re-measure the dense capacity for this long before each load "
+        "(with the best client count) and offer that load relative to it (0: off)",
+    )
+    p.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra SAIT_ setting for every server (e.g. MAX_BATCH_SIZE=16)",
+    )
     p.add_argument("--images", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("out/overload"))
     p.add_argument("--docs", type=Path, default=None, help="markdown file to write the table into")
     p.add_argument("--plot", type=Path, default=None, help="sweep PNG (default <out>/sweep.png)")
-    p.add_argument("--render", type=Path, default=None, metavar="OVERLOAD_JSON",
-                   help="only re-write the table from a saved overload.json (no measurement)")
+    p.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="OVERLOAD_JSON",
+        help="only re-write the table from a saved overload.json (no measurement)",
+    )
     return p
 
 
@@ -128,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = {"MODEL": args.model, **extra}
     folder = args.images or DEFAULT_IMAGE_DIR
-    payloads = (load_folder(folder, kind=args.payload, limit=64) if folder.is_dir()
-                else synthetic(count=16, kind=args.payload))
+    payloads = (
+        load_folder(folder, kind=args.payload, limit=64) if folder.is_dir() else synthetic(count=16, kind=args.payload)
+    )
     target = Target(api=args.api, kind=args.payload, model=args.model)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -137,8 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(unit="point", desc="overload sweep")
 
     def point(server: ServerProcess, policy: str, i: int, load_x: float, cap_rps: float) -> dict:
-        results, summary = budget_point(base_url=server.url, target=target, rate_rps=load_x * cap_rps,
-                                        duration_s=args.point_s, budget_ms=args.budget_ms, payloads=payloads, seed=i)
+        results, summary = budget_point(
+            base_url=server.url,
+            target=target,
+            rate_rps=load_x * cap_rps,
+            duration_s=args.point_s,
+            budget_ms=args.budget_ms,
+            payloads=payloads,
+            seed=i,
+        )
         name = f"{policy.replace(':', '_')}-{load_x:g}x"
         write_run(args.out / name, results, summary, window_s=1.0, title=f"{policy} at {load_x:g}x")
         bar.update(1)
@@ -152,18 +188,26 @@ def main(argv: list[str] | None = None) -> int:
     #    fixed:dense is one of the policies, its sweep on the same server (one start-up less).
     requested = args.policies.split(",")
     rows: list[dict] = []
-    with ServerProcess(settings={**settings, "POLICY": "fixed:dense"}, log_path=_log(args.out, "fixed:dense")) as server:
+    with ServerProcess(
+        settings={**settings, "POLICY": "fixed:dense"}, log_path=_log(args.out, "fixed:dense")
+    ) as server:
         sparsest = sparsest_policy(server.url, args.model)
         if args.capacity_rps:
             capacity = {"capacity_rps": args.capacity_rps, "measured": False}
         else:
             # The best closed-loop throughput over a few client counts: on a CPU a large batch
             # is not always the fastest per image, so one concurrency could understate it.
-            trials = [measure_capacity(base_url=server.url, target=target, payloads=payloads, concurrency=c,
-                                       duration_s=args.capacity_s)
-                      for c in concurrencies]
-            capacity = {**max(trials, key=lambda t: t["capacity_rps"]), "measured": True,
-                        "trials": {t["concurrency"]: t["capacity_rps"] for t in trials}}
+            trials = [
+                measure_capacity(
+                    base_url=server.url, target=target, payloads=payloads, concurrency=c, duration_s=args.capacity_s
+                )
+                for c in concurrencies
+            ]
+            capacity = {
+                **max(trials, key=lambda t: t["capacity_rps"]),
+                "measured": True,
+                "trials": {t["concurrency"]: t["capacity_rps"] for t in trials},
+            }
         cap_rps = capacity["capacity_rps"]
         policies = [sparsest if p == "sparsest" else p for p in requested]
         bar.total = len(policies) * len(loads)
@@ -177,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
                 servers = {"fixed:dense": server}
                 for p in policies:
                     if p not in servers:
-                        servers[p] = stack.enter_context(ServerProcess(settings={**settings, "POLICY": p},
-                                                                       log_path=_log(args.out, p)))
+                        servers[p] = stack.enter_context(
+                            ServerProcess(settings={**settings, "POLICY": p}, log_path=_log(args.out, p))
+                        )
                         servers[p].pause()
                 for i, load_x in enumerate(loads):
                     now_rps = cap_rps
@@ -186,9 +231,13 @@ def main(argv: list[str] | None = None) -> int:
                         # The host's speed drifts by up to 2x within a sweep: a capacity from
                         # ten minutes ago can make "0.5x" a full load or "2x" a 4x one.
                         with server.turn():
-                            now_rps = measure_capacity(base_url=server.url, target=target, payloads=payloads,
-                                                       concurrency=capacity["concurrency"],
-                                                       duration_s=args.recalibrate_s)["capacity_rps"]
+                            now_rps = measure_capacity(
+                                base_url=server.url,
+                                target=target,
+                                payloads=payloads,
+                                concurrency=capacity["concurrency"],
+                                duration_s=args.recalibrate_s,
+                            )["capacity_rps"]
                             time.sleep(2.0)  # its queue drains before the first point
                     for p in policies:
                         with servers[p].turn():
@@ -211,10 +260,20 @@ def main(argv: list[str] | None = None) -> int:
         row["served_top1"] = served_top1(row["level_fractions"], top1)
     doc = {
         "command": "python -m bench.loadgen.overload " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "cpu": cpu_model(), "model": args.model, "api": args.api, "payload": args.payload, "budget_ms": args.budget_ms,
-        "point_s": args.point_s, "capacity": capacity, "policies": policies, "settings": settings,
-        "wall_s": time.time() - started, "rows": rows, "measured_utc": _utc(time.time()),
-        "interleave": args.interleave, "recalibrate_s": args.recalibrate_s if args.interleave else 0.0,
+        "cpu": cpu_model(),
+        "model": args.model,
+        "api": args.api,
+        "payload": args.payload,
+        "budget_ms": args.budget_ms,
+        "point_s": args.point_s,
+        "capacity": capacity,
+        "policies": policies,
+        "settings": settings,
+        "wall_s": time.time() - started,
+        "rows": rows,
+        "measured_utc": _utc(time.time()),
+        "interleave": args.interleave,
+        "recalibrate_s": args.recalibrate_s if args.interleave else 0.0,
     }
     doc["targets"] = check_targets(rows, policies)
     write_json(args.out / "overload.json", doc)
@@ -234,6 +293,7 @@ def _log(out: Path, policy: str) -> Path:
 
 def check_targets(rows: list[dict], policies: list[str]) -> list[dict]:
     """The issue's targets, each with the measured value and pass/fail."""
+
     def at(policy: str, load_x: float) -> dict | None:
         return next((r for r in rows if r["policy"] == policy and r["load_x"] == load_x), None)
 
@@ -245,18 +305,26 @@ def check_targets(rows: list[dict], policies: list[str]) -> list[dict]:
     if ada2 and dense2:
         ratio = ada2["goodput_rps"] / dense2["goodput_rps"] if dense2["goodput_rps"] else math.inf
         checks.append(_check("adaptive / fixed-dense goodput at 2x", ratio, ">=", 1.8))
-        sparse2 = next((r for r in rows if r["load_x"] == 2.0 and r["policy"].startswith("fixed:")
-                        and r["policy"] != "fixed:dense"), None)
+        sparse2 = next(
+            (
+                r
+                for r in rows
+                if r["load_x"] == 2.0 and r["policy"].startswith("fixed:") and r["policy"] != "fixed:dense"
+            ),
+            None,
+        )
         if sparse2:
             # Not a target: what serving every request at the sparsest level reaches. No policy
             # over the same levels should do much better, so it tells a controller that falls
             # short from a machine whose sparsest level cannot reach the target at all.
             bound = sparse2["goodput_rps"] / dense2["goodput_rps"] if dense2["goodput_rps"] else math.inf
-            checks.append({"target": f"(reference) {sparse2['policy']} / fixed-dense goodput at 2x",
-                           "value": bound, "pass": None})
+            checks.append(
+                {"target": f"(reference) {sparse2['policy']} / fixed-dense goodput at 2x", "value": bound, "pass": None}
+            )
     if ada05:
-        checks.append(_check("adaptive at 0.5x: dense fraction", ada05["level_fractions"].get("dense", 0.0),
-                             ">=", 0.95))
+        checks.append(
+            _check("adaptive at 0.5x: dense fraction", ada05["level_fractions"].get("dense", 0.0), ">=", 0.95)
+        )
     if ada3:  # the service issue's burst target
         checks.append(_check("adaptive at 3x: deadline met for admitted", ada3["attainment"], ">=", 0.95))
     return checks
@@ -275,8 +343,10 @@ def _recalibrated(doc: dict) -> str:
     for r in doc["rows"]:
         per_load.setdefault(r["load_x"], r.get("capacity_rps"))
     caps = ", ".join(f"{x:g}x: {c:.1f}" for x, c in sorted(per_load.items()) if c is not None)
-    return (f", re-measured for {doc['recalibrate_s']:g} s before each load and the load offered "
-            f"relative to that ({caps} req/s)")
+    return (
+        f", re-measured for {doc['recalibrate_s']:g} s before each load and the load offered "
+        f"relative to that ({caps} req/s)"
+    )
 
 
 def _trials(capacity: dict) -> str:

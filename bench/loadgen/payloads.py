@@ -63,9 +63,7 @@ def _payload(name: str, img: Image.Image, jpeg: bytes | None, kind: PayloadKind,
     return Payload(name=name, jpeg=jpeg, uint8=tensor)
 
 
-def load_folder(
-    folder: str | Path, *, kind: PayloadKind = "jpeg", limit: int = 64, size: int = 224
-) -> list[Payload]:
+def load_folder(folder: str | Path, *, kind: PayloadKind = "jpeg", limit: int = 64, size: int = 224) -> list[Payload]:
     """Up to `limit` images from a folder (sorted by name, so runs repeat).
 
     Args:
@@ -96,8 +94,9 @@ def load_folder(
     return payloads
 
 
-def synthetic(*, count: int = 8, kind: PayloadKind = "jpeg", side: int = 256, seed: int = 0,
-              size: int = 224) -> list[Payload]:
+def synthetic(
+    *, count: int = 8, kind: PayloadKind = "jpeg", side: int = 256, seed: int = 0, size: int = 224
+) -> list[Payload]:
     """Random-noise images, for tests and machines without the shared image folder."""
     if kind not in PAYLOAD_KINDS:
         raise PayloadError(f"unknown payload kind {kind!r}; known: {', '.join(PAYLOAD_KINDS)}")

@@ -101,7 +101,9 @@ def summarize(results: Sequence[Result], *, duration_s: float, offered_rps: floa
         "levels": dict(sorted(levels.items())),
         "level_fractions": {k: v / len(ok) for k, v in sorted(levels.items())} if ok else {},
         "mean_batch": mean_batch(ok),
-        "mean_batch_by_level": {lv: mean_batch([r for r in ok if (r.level or "unknown") == lv]) for lv in sorted(levels)},
+        "mean_batch_by_level": {
+            lv: mean_batch([r for r in ok if (r.level or "unknown") == lv]) for lv in sorted(levels)
+        },
         "send_lag_p99_ms": _pct(lags, 99),
         "send_lag_max_ms": float(lags.max()) if len(lags) else math.nan,
         "per_class": per_class,
@@ -183,18 +185,21 @@ def write_series_csv(path: Path, series: Sequence[dict]) -> None:
 
 def level_order(names) -> list[str]:
     """dense first, then lNNN from densest to sparsest, then anything else."""
+
     def key(name: str):
         if name == "dense":
             return (0, 0)
         if name.startswith("l") and name[1:].isdigit():
             return (1, -int(name[1:]))
         return (2, name)
+
     return sorted(set(names), key=key)
 
 
 def plot_run(path: Path, series: Sequence[dict], *, title: str) -> None:
     """Latency percentiles and the level mix over time, one PNG."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -210,8 +215,7 @@ def plot_run(path: Path, series: Sequence[dict], *, title: str) -> None:
     bottoms = np.zeros(len(series))
     for lv in levels:
         frac = np.array([row["levels"].get(lv, 0) / max(sum(row["levels"].values()), 1) for row in series])
-        ax_lvl.bar(t, frac, bottom=bottoms, width=(t[1] - t[0]) if len(t) > 1 else 1.0, align="edge",
-                   label=lv)
+        ax_lvl.bar(t, frac, bottom=bottoms, width=(t[1] - t[0]) if len(t) > 1 else 1.0, align="edge", label=lv)
         bottoms += frac
     ax_lvl.set_ylabel("level served (fraction)")
     ax_lvl.set_xlabel("time (s)")
@@ -230,6 +234,7 @@ def plot_sweep(path: Path, rows: Sequence[dict], *, title: str) -> None:
         rows: dicts with policy, offered_rps, goodput_rps, attainment (and optional load_x).
     """
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -239,8 +244,12 @@ def plot_sweep(path: Path, rows: Sequence[dict], *, title: str) -> None:
         mine = sorted((r for r in rows if r["policy"] == policy), key=lambda r: r[xkey])
         x = [r[xkey] for r in mine]
         ax_g.plot(x, [r["goodput_rps"] for r in mine], marker="o", label=policy)
-        ax_a.plot(x, [100 * (r["attainment"] if r["attainment"] is not None else math.nan) for r in mine],
-                  marker="o", label=policy)
+        ax_a.plot(
+            x,
+            [100 * (r["attainment"] if r["attainment"] is not None else math.nan) for r in mine],
+            marker="o",
+            label=policy,
+        )
     xlabel = "offered load (x dense capacity)" if xkey == "load_x" else "offered load (req/s)"
     ax_g.set(xlabel=xlabel, ylabel="goodput (req/s within deadline)")
     ax_a.set(xlabel=xlabel, ylabel="deadline attainment of admitted (%)", ylim=(0, 101))
@@ -253,8 +262,9 @@ def plot_sweep(path: Path, rows: Sequence[dict], *, title: str) -> None:
     plt.close(fig)
 
 
-def write_run(out_dir: Path, results: Sequence[Result], summary: dict, *, window_s: float,
-              title: str, plot: bool = True) -> dict[str, Path]:
+def write_run(
+    out_dir: Path, results: Sequence[Result], summary: dict, *, window_s: float, title: str, plot: bool = True
+) -> dict[str, Path]:
     """Write summary.json, results.csv, timeseries.csv and (optionally) latency.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
     series = time_series(results, window_s=window_s)
@@ -282,16 +292,18 @@ def format_summary(summary: dict) -> str:
     pct = lambda x: "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"  # noqa: E731
     ms = lambda x: "n/a" if math.isnan(x) else f"{x:.0f}"  # noqa: E731
     levels = ", ".join(f"{k} {100 * v:.0f}%" for k, v in summary["level_fractions"].items()) or "none"
-    return "\n".join([
-        f"requests {summary['requests']}  offered {summary['offered_rps']:.1f}/s  "
-        f"throughput {summary['throughput_rps']:.1f}/s  goodput {summary['goodput_rps']:.1f}/s  "
-        f"attainment {pct(summary['attainment'])}",
-        f"ok {summary['ok']}  shed {summary['shed']}  expired {summary['expired']}  "
-        f"bad_request {summary['bad_request']}  error {summary['error']}  timeout {summary['timeout']}  "
-        f"unsent {summary['unsent']}",
-        f"latency ms p50 {ms(summary['p50_ms'])}  p90 {ms(summary['p90_ms'])}  "
-        f"p99 {ms(summary['p99_ms'])}  max {ms(summary['max_ms'])}  (send lag p99 "
-        f"{ms(summary['send_lag_p99_ms'])})",
-        f"levels served: {levels}  mean batch {_mean_batch_text(summary)}"
-        + (f"  (generator CPU {summary['client_cpu_cores']:.2f} cores)" if "client_cpu_cores" in summary else ""),
-    ])
+    return "\n".join(
+        [
+            f"requests {summary['requests']}  offered {summary['offered_rps']:.1f}/s  "
+            f"throughput {summary['throughput_rps']:.1f}/s  goodput {summary['goodput_rps']:.1f}/s  "
+            f"attainment {pct(summary['attainment'])}",
+            f"ok {summary['ok']}  shed {summary['shed']}  expired {summary['expired']}  "
+            f"bad_request {summary['bad_request']}  error {summary['error']}  timeout {summary['timeout']}  "
+            f"unsent {summary['unsent']}",
+            f"latency ms p50 {ms(summary['p50_ms'])}  p90 {ms(summary['p90_ms'])}  "
+            f"p99 {ms(summary['p99_ms'])}  max {ms(summary['max_ms'])}  (send lag p99 "
+            f"{ms(summary['send_lag_p99_ms'])})",
+            f"levels served: {levels}  mean batch {_mean_batch_text(summary)}"
+            + (f"  (generator CPU {summary['client_cpu_cores']:.2f} cores)" if "client_cpu_cores" in summary else ""),
+        ]
+    )

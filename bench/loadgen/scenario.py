@@ -104,8 +104,7 @@ class Scenario:
 
     @classmethod
     def single(cls, dials: Dials, *, default_budget_ms: float = DEFAULT_BUDGET_MS) -> Scenario:
-        return cls(name=dials.name, classes=(WeightedDials(dials, 1.0),),
-                   default_budget_ms=default_budget_ms)
+        return cls(name=dials.name, classes=(WeightedDials(dials, 1.0),), default_budget_ms=default_budget_ms)
 
     def budget_ms(self, dials: Dials) -> float:
         """The deadline a request of this class is judged against."""
@@ -167,16 +166,21 @@ def parse_scenario(data: dict, *, name: str = "scenario") -> Scenario:
     raw_classes = data.get("classes")
     if not isinstance(raw_classes, list) or not raw_classes:
         raise ScenarioError(f"scenario {name!r}: needs a non-empty 'classes' list")
-    default_budget = _positive(data.get("default_budget_ms", DEFAULT_BUDGET_MS), "default_budget_ms",
-                               f"scenario {name!r}")
+    default_budget = _positive(
+        data.get("default_budget_ms", DEFAULT_BUDGET_MS), "default_budget_ms", f"scenario {name!r}"
+    )
     classes = tuple(_parse_class(c, i, name) for i, c in enumerate(raw_classes))
     unknown = set(data) - _SCENARIO_KEYS
     if unknown:
         raise ScenarioError(f"scenario {name!r}: unknown keys {sorted(unknown)}; known: {sorted(_SCENARIO_KEYS)}")
     profile, process = data.get("profile"), data.get("process")
-    return Scenario(name=name, classes=classes, default_budget_ms=default_budget,
-                    profile=None if profile is None else str(profile),
-                    process=None if process is None else str(process))
+    return Scenario(
+        name=name,
+        classes=classes,
+        default_budget_ms=default_budget,
+        profile=None if profile is None else str(profile),
+        process=None if process is None else str(process),
+    )
 
 
 def load_scenario(path: str | Path) -> Scenario:

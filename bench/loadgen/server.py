@@ -57,7 +57,7 @@ def thread_cpu_s(pid: int) -> dict[int, tuple[float, float]]:
         except OSError:
             continue
         # The command name (field 2) is in parentheses and may hold spaces: split after it.
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         out[int(task.name)] = (int(fields[11]) / tick, int(fields[12]) / tick)
     return out
 
@@ -83,9 +83,16 @@ class ServerProcess:
             compares code versions side by side).
     """
 
-    def __init__(self, *, settings: dict[str, str] | None = None, port: int | None = None,
-                 python: str | None = None, ready_timeout_s: float = 300.0,
-                 log_path: Path | None = None, root: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        settings: dict[str, str] | None = None,
+        port: int | None = None,
+        python: str | None = None,
+        ready_timeout_s: float = 300.0,
+        log_path: Path | None = None,
+        root: Path | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.settings = dict(settings or {})
@@ -116,8 +123,14 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         log = self.log_path.open("wb")
-        self.proc = subprocess.Popen([self.python, "-m", "service"], cwd=self.root, env=self.env(),
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [self.python, "-m", "service"],
+            cwd=self.root,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         if self._wait_ready(self.ready_timeout_s, poll_s=0.25):
             return self

@@ -12,6 +12,7 @@ clock), counted in the point's first 2 s. A server that met the start of a point
 stale latency model (it sat idle while the other policies ran, and the host's speed
 drifted) misses there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,25 +36,36 @@ def point_row(results_csv: Path, point_s: float) -> dict:
     admitted = [r for r in rows if r["outcome"] in ADMITTED]
     met = sum(r["outcome"] == "ok" and r["server_deadline_met"] == "True" for r in admitted)
     missed = [r for r in admitted if r["deadline_met"] != "True"]
-    return {"late_send": late / max(1, len(sent)), "server_attainment": met / max(1, len(admitted)),
-            "server_goodput_rps": met / point_s, "missed": len(missed),
-            "missed_at_start": sum(float(r["scheduled_s"]) < START_S for r in missed)}
+    return {
+        "late_send": late / max(1, len(sent)),
+        "server_attainment": met / max(1, len(admitted)),
+        "server_goodput_rps": met / point_s,
+        "missed": len(missed),
+        "missed_at_start": sum(float(r["scheduled_s"]) < START_S for r in missed),
+    }
 
 
 def table(out: Path) -> str:
     """One row per point of the sweep that `out/overload.json` describes (older runs' folders
     in the same place are not read)."""
     sweep = json.loads((out / "overload.json").read_text())
-    lines = [f"| policy | load | sent > {LATE_SEND_MS:.0f} ms late by the client | admitted met (server clock) | "
-             f"met per s (server clock) | admitted missed (client clock) | of them in the first {START_S:g} s |",
-             "|---|---|---|---|---|---|---|"]
-    lines.insert(0, f"The sweep of {sweep.get('measured_utc', '?')} on **{sweep.get('cpu', '?')}**, from its "
-                    f"`results.csv` files.\n")
+    lines = [
+        f"| policy | load | sent > {LATE_SEND_MS:.0f} ms late by the client | admitted met (server clock) | "
+        f"met per s (server clock) | admitted missed (client clock) | of them in the first {START_S:g} s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines.insert(
+        0,
+        f"The sweep of {sweep.get('measured_utc', '?')} on **{sweep.get('cpu', '?')}**, from its "
+        f"`results.csv` files.\n",
+    )
     for row in sweep["rows"]:
         name = f"{row['policy'].replace(':', '_')}-{row['load_x']:g}x"
         r = point_row(out / name / "results.csv", float(sweep["point_s"]))
-        lines.append(f"| {row['policy']} | {row['load_x']:g}x | {r['late_send']:.0%} | {r['server_attainment']:.1%} | "
-                     f"{r['server_goodput_rps']:.1f} | {r['missed']} | {r['missed_at_start']} |")
+        lines.append(
+            f"| {row['policy']} | {row['load_x']:g}x | {r['late_send']:.0%} | {r['server_attainment']:.1%} | "
+            f"{r['server_goodput_rps']:.1f} | {r['missed']} | {r['missed_at_start']} |"
+        )
     return "\n".join(lines)
 
 

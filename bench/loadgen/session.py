@@ -51,16 +51,27 @@ class LoadRun:
 async def execute_async(run: LoadRun) -> tuple[list[Result], dict]:
     arrivals = arrival_times(run.profile, process=run.process, max_requests=run.max_requests, seed=run.seed)
     dials = run.scenario.assign(len(arrivals), seed=run.seed)
-    bar = tqdm(total=len(arrivals), unit="req", disable=not run.progress, mininterval=0.5,
-               desc=f"{run.target.api} {run.profile.peak_rps:.0f}/s")
+    bar = tqdm(
+        total=len(arrivals),
+        unit="req",
+        disable=not run.progress,
+        mininterval=0.5,
+        desc=f"{run.target.api} {run.profile.peak_rps:.0f}/s",
+    )
     async with make_client(run.base_url, max_inflight=run.max_inflight, timeout_s=run.timeout_s) as client:
         await check_live(client)
         target = await prepare_target(client, run.target)
         cpu_s, wall_s = time.process_time(), time.perf_counter()
         try:
             results = await run_open_loop(
-                client=client, target=target, arrivals_s=arrivals, dials=dials, scenario=run.scenario,
-                payloads=run.payloads, max_inflight=run.max_inflight, timeout_s=run.timeout_s,
+                client=client,
+                target=target,
+                arrivals_s=arrivals,
+                dials=dials,
+                scenario=run.scenario,
+                payloads=run.payloads,
+                max_inflight=run.max_inflight,
+                timeout_s=run.timeout_s,
                 on_done=lambda _r: bar.update(1),
             )
         finally:
@@ -90,18 +101,41 @@ def execute(run: LoadRun) -> tuple[list[Result], dict]:
     return run_async(execute_async(run))
 
 
-def budget_point(*, base_url: str, target: Target, rate_rps: float, duration_s: float, budget_ms: float,
-                 payloads: Sequence[Payload], seed: int) -> tuple[list[Result], dict]:
+def budget_point(
+    *,
+    base_url: str,
+    target: Target,
+    rate_rps: float,
+    duration_s: float,
+    budget_ms: float,
+    payloads: Sequence[Payload],
+    seed: int,
+) -> tuple[list[Result], dict]:
     """One point of an overload sweep: Poisson arrivals at a constant rate, every request with
     the same budget and no density; the client waits 10 budgets (at least 30 s) per request."""
-    run = LoadRun(base_url=base_url, target=target, profile=RateProfile.constant(rate_rps, duration_s),
-                  scenario=Scenario.single(Dials(name="budget", latency_budget_ms=budget_ms)), payloads=payloads,
-                  seed=seed, progress=False, timeout_s=max(30.0, 10 * budget_ms / 1e3))
+    run = LoadRun(
+        base_url=base_url,
+        target=target,
+        profile=RateProfile.constant(rate_rps, duration_s),
+        scenario=Scenario.single(Dials(name="budget", latency_budget_ms=budget_ms)),
+        payloads=payloads,
+        seed=seed,
+        progress=False,
+        timeout_s=max(30.0, 10 * budget_ms / 1e3),
+    )
     return execute(run)
 
 
-def measure_capacity(*, base_url: str, target: Target, payloads: Sequence[Payload], concurrency: int,
-                     duration_s: float, dials: Dials | None = None, timeout_s: float = 60.0) -> dict:
+def measure_capacity(
+    *,
+    base_url: str,
+    target: Target,
+    payloads: Sequence[Payload],
+    concurrency: int,
+    duration_s: float,
+    dials: Dials | None = None,
+    timeout_s: float = 60.0,
+) -> dict:
     """Closed-loop throughput: `concurrency` clients back to back for duration_s.
 
     The first fifth of the time is a warm-up and is not counted. Requests carry a 60 s budget
@@ -112,8 +146,14 @@ def measure_capacity(*, base_url: str, target: Target, payloads: Sequence[Payloa
     async def go() -> list[Result]:
         async with make_client(base_url, max_inflight=concurrency, timeout_s=timeout_s) as client:
             tgt = await prepare_target(client, target)
-            return await run_closed_loop(client=client, target=tgt, dials=dials, payloads=payloads,
-                                         concurrency=concurrency, duration_s=duration_s)
+            return await run_closed_loop(
+                client=client,
+                target=tgt,
+                dials=dials,
+                payloads=payloads,
+                concurrency=concurrency,
+                duration_s=duration_s,
+            )
 
     results = run_async(go())
     warm_s = duration_s / 5

@@ -72,8 +72,7 @@ def _change(before: float, after: float) -> float:
     return _ratio(after - before, before)
 
 
-def drift(results: list[Result], samples: list[tuple[float, int]], *, warmup_s: float,
-          duration_s: float) -> dict:
+def drift(results: list[Result], samples: list[tuple[float, int]], *, warmup_s: float, duration_s: float) -> dict:
     """First vs last quarter of the time after warm-up: RSS growth, p99 drift, errors."""
     span = duration_s - warmup_s
     first = (warmup_s, warmup_s + span / 4)
@@ -103,16 +102,25 @@ def drift(results: list[Result], samples: list[tuple[float, int]], *, warmup_s: 
     rss_growth, p99_drift, corrected = _change(rss0, rss1), _change(p0, p1), _change(ratio0, ratio1)
     errors = sum(r.outcome in ("error", "timeout", "bad_request") for r in results)
     return {
-        "warmup_s": warmup_s, "first_window_s": first, "last_window_s": last,
-        "rss_first_mb": rss0 / 2**20, "rss_last_mb": rss1 / 2**20,
+        "warmup_s": warmup_s,
+        "first_window_s": first,
+        "last_window_s": last,
+        "rss_first_mb": rss0 / 2**20,
+        "rss_last_mb": rss1 / 2**20,
         "rss_max_mb": max((rss for _, rss in samples), default=math.nan) / 2**20,
         "rss_growth": rss_growth,
-        "p99_first_ms": p0, "p99_last_ms": p1,
+        "p99_first_ms": p0,
+        "p99_last_ms": p1,
         "p99_drift": p99_drift,
-        "compute_p50_first_ms": c0, "compute_p50_last_ms": c1, "host_slowdown": _change(c0, c1),
-        "mean_batch_first": mean_batch(ok_in(first)), "mean_batch_last": mean_batch(ok_in(last)),
-        "levels_first": levels_in(first), "levels_last": levels_in(last),
-        "p99_per_compute_first": ratio0, "p99_per_compute_last": ratio1,
+        "compute_p50_first_ms": c0,
+        "compute_p50_last_ms": c1,
+        "host_slowdown": _change(c0, c1),
+        "mean_batch_first": mean_batch(ok_in(first)),
+        "mean_batch_last": mean_batch(ok_in(last)),
+        "levels_first": levels_in(first),
+        "levels_last": levels_in(last),
+        "p99_per_compute_first": ratio0,
+        "p99_per_compute_last": ratio1,
         "p99_drift_host_corrected": corrected,
         "host_corrected_below_10pct": bool(corrected < 0.10),  # beside the target, not the target
         "errors": errors,
@@ -126,6 +134,7 @@ def drift(results: list[Result], samples: list[tuple[float, int]], *, warmup_s: 
 
 def plot_soak(path: Path, samples: list[tuple[float, int]], series: list[dict], title: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -145,8 +154,9 @@ def plot_soak(path: Path, samples: list[tuple[float, int]], series: list[dict], 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.loadgen.soak", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.loadgen.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--rate", type=float, default=10.0, help="constant offered rate, req/s")
     p.add_argument("--duration-s", type=float, default=600.0)
     p.add_argument("--warmup-s", type=float, default=60.0, help="excluded from the drift comparison")
@@ -180,9 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = check_target(args.url) if args.url else server.url
         pid = args.pid or server.pid
-        run = LoadRun(base_url=url, target=Target(api=args.api, model=args.model),
-                      profile=RateProfile.constant(args.rate, args.duration_s), scenario=scenario,
-                      payloads=payloads, process="poisson")
+        run = LoadRun(
+            base_url=url,
+            target=Target(api=args.api, model=args.model),
+            profile=RateProfile.constant(args.rate, args.duration_s),
+            scenario=scenario,
+            payloads=payloads,
+            process="poisson",
+        )
         results, summary, samples = run_async(soak_async(run, pid))
     finally:
         if server is not None:
@@ -194,8 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     window_s = max(5.0, args.duration_s / 40)
     paths = write_run(args.out, results, summary, window_s=window_s, title="soak", plot=False)
     plot_path = args.plot or args.out / "soak.png"
-    plot_soak(plot_path, samples, time_series(results, window_s=window_s),
-              f"soak {args.rate:g} req/s for {args.duration_s:g} s, {summary['cpu']}")
+    plot_soak(
+        plot_path,
+        samples,
+        time_series(results, window_s=window_s),
+        f"soak {args.rate:g} req/s for {args.duration_s:g} s, {summary['cpu']}",
+    )
     write_json(args.out / "soak.json", summary)
     text = markdown(summary, plot_path, args.docs)
     if args.docs:
@@ -214,36 +233,38 @@ def markdown(summary: dict, plot_path: Path, docs_path: Path | None) -> str:
     rel = plot_path.name if docs_path is None else relpath(plot_path, docs_path.parent)
     verdict = lambda ok: "pass" if ok else "**FAIL**"  # noqa: E731
     t = s["targets"]
-    return "\n".join([
-        BEGIN,
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on **{summary['cpu']}**: "
-        f"{summary['requests']} requests at {summary['offered_rps']:.1f} req/s for {summary['duration_s']:g} s "
-        f"(warm-up {s['warmup_s']:g} s excluded).",
-        "",
-        f"Command: `flock /tmp/sait-bench.lock {summary['command']}`",
-        "",
-        "| measure | first quarter | last quarter | change | target |",
-        "|---|---|---|---|---|",
-        f"| server RSS (MiB, median) | {s['rss_first_mb']:.1f} | {s['rss_last_mb']:.1f} | "
-        f"{100 * s['rss_growth']:+.2f}% | < 5 %: {verdict(t['rss_growth < 5%'])} |",
-        f"| p99 latency (ms) | {s['p99_first_ms']:.0f} | {s['p99_last_ms']:.0f} | "
-        f"{100 * s['p99_drift']:+.1f}% | < 10 %: {verdict(t['p99_drift < 10%'])} |",
-        f"| errors (error + timeout + bad request) | | | {s['errors']} | 0: {verdict(t['zero errors'])} |",
-        f"| median compute per batch (ms): the host's speed | {s['compute_p50_first_ms']:.1f} | "
-        f"{s['compute_p50_last_ms']:.1f} | {100 * s['host_slowdown']:+.1f}% | |",
-        f"| p99 / median compute (host-speed corrected) | {s['p99_per_compute_first']:.2f} | "
-        f"{s['p99_per_compute_last']:.2f} | {100 * s['p99_drift_host_corrected']:+.1f}% | "
-        f"beside the target, < 10 %: {verdict(s['host_corrected_below_10pct'])} |",
-        f"| levels served; mean batch | {_levels_text(s['levels_first'])}; {s['mean_batch_first']:.2f} | "
-        f"{_levels_text(s['levels_last'])}; {s['mean_batch_last']:.2f} | | |",
-        "",
-        f"ok {summary['ok']}, shed {summary['shed']}, expired {summary['expired']}; "
-        f"p50 {summary['p50_ms']:.0f} ms, p99 {summary['p99_ms']:.0f} ms over the whole run; "
-        f"peak RSS {s['rss_max_mb']:.1f} MiB.",
-        "",
-        f"![server RSS and latency over the soak]({rel})",
-        END,
-    ])
+    return "\n".join(
+        [
+            BEGIN,
+            f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on **{summary['cpu']}**: "
+            f"{summary['requests']} requests at {summary['offered_rps']:.1f} req/s for {summary['duration_s']:g} s "
+            f"(warm-up {s['warmup_s']:g} s excluded).",
+            "",
+            f"Command: `flock /tmp/sait-bench.lock {summary['command']}`",
+            "",
+            "| measure | first quarter | last quarter | change | target |",
+            "|---|---|---|---|---|",
+            f"| server RSS (MiB, median) | {s['rss_first_mb']:.1f} | {s['rss_last_mb']:.1f} | "
+            f"{100 * s['rss_growth']:+.2f}% | < 5 %: {verdict(t['rss_growth < 5%'])} |",
+            f"| p99 latency (ms) | {s['p99_first_ms']:.0f} | {s['p99_last_ms']:.0f} | "
+            f"{100 * s['p99_drift']:+.1f}% | < 10 %: {verdict(t['p99_drift < 10%'])} |",
+            f"| errors (error + timeout + bad request) | | | {s['errors']} | 0: {verdict(t['zero errors'])} |",
+            f"| median compute per batch (ms): the host's speed | {s['compute_p50_first_ms']:.1f} | "
+            f"{s['compute_p50_last_ms']:.1f} | {100 * s['host_slowdown']:+.1f}% | |",
+            f"| p99 / median compute (host-speed corrected) | {s['p99_per_compute_first']:.2f} | "
+            f"{s['p99_per_compute_last']:.2f} | {100 * s['p99_drift_host_corrected']:+.1f}% | "
+            f"beside the target, < 10 %: {verdict(s['host_corrected_below_10pct'])} |",
+            f"| levels served; mean batch | {_levels_text(s['levels_first'])}; {s['mean_batch_first']:.2f} | "
+            f"{_levels_text(s['levels_last'])}; {s['mean_batch_last']:.2f} | | |",
+            "",
+            f"ok {summary['ok']}, shed {summary['shed']}, expired {summary['expired']}; "
+            f"p50 {summary['p50_ms']:.0f} ms, p99 {summary['p99_ms']:.0f} ms over the whole run; "
+            f"peak RSS {s['rss_max_mb']:.1f} MiB.",
+            "",
+            f"![server RSS and latency over the soak]({rel})",
+            END,
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 `python -m models.train --help`; the loop is in models.train.loop.
 """
+
 from models.train.config import TrainConfig
 from models.train.loop import Trainer, train
 

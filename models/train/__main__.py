@@ -1,4 +1,5 @@
 """`python -m models.train`: fine-tune one model for every density level (see docs/training.md)."""
+
 from __future__ import annotations
 
 import argparse
@@ -68,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return 2
-    print(json.dumps({k: v for k, v in summary.items() if k != "last"} | {"last_loss": (summary["last"] or {}).get("loss")}))
+    print(
+        json.dumps(
+            {k: v for k, v in summary.items() if k != "last"} | {"last_loss": (summary["last"] or {}).get("loss")}
+        )
+    )
     return 0
 
 

@@ -11,6 +11,7 @@ computes (tests/models/test_adaptive.py proves the equality; here `--check` re-r
 AdaptiveDensity forward on the first images of each set and reports how often the predictions
 match). So all thresholds cost one pass. Decoded crops are cached under --cache-dir (/tmp).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,9 @@ ASSETS = Path("../shared/assets")
 DEFAULT_SETS = (ASSETS / "imagenet-samples", ASSETS / "imagenet-val")
 
 
-def cached_crops(folder: Path, model: SparseViT, *, limit: int | None, cache_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def cached_crops(
+    folder: Path, model: SparseViT, *, limit: int | None, cache_dir: Path
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoded uint8 crops and labels of `folder`, from the /tmp cache when present."""
     cfg = model.data_config
     key = hashlib.sha1(f"{folder.resolve()}|{limit}|{cfg}".encode()).hexdigest()[:12]
@@ -52,8 +55,9 @@ def cached_crops(folder: Path, model: SparseViT, *, limit: int | None, cache_dir
 
 
 @torch.inference_mode()
-def predictions(model: SparseViT, crops: torch.Tensor, *, routers: dict[float, AdaptiveDensity],
-                batch_size: int) -> tuple[dict[str, torch.Tensor], dict[float, torch.Tensor]]:
+def predictions(
+    model: SparseViT, crops: torch.Tensor, *, routers: dict[float, AdaptiveDensity], batch_size: int
+) -> tuple[dict[str, torch.Tensor], dict[float, torch.Tensor]]:
     """Top-1 of every level for every image, and every threshold's bucket per image."""
     preds = {name: [] for name in model.levels}
     buckets = {t: [] for t in routers}
@@ -70,7 +74,9 @@ def predictions(model: SparseViT, crops: torch.Tensor, *, routers: dict[float, A
 
 
 @torch.inference_mode()
-def check_equivalence(router: AdaptiveDensity, crops: torch.Tensor, composed: torch.Tensor, *, batch_size: int) -> float:
+def check_equivalence(
+    router: AdaptiveDensity, crops: torch.Tensor, composed: torch.Tensor, *, batch_size: int
+) -> float:
     """Share of images where the real AdaptiveDensity forward predicts the composed class."""
     same = 0
     for start in range(0, len(crops), batch_size):
@@ -86,9 +92,16 @@ def summarize(model: SparseViT, preds, buckets, labels, routers) -> list[dict]:
     rows = []
     for name, p in preds.items():
         lv = model.level(name)
-        rows.append({"name": name, "kind": "fixed", "gflops": lv.gflops, "gflops_ratio": lv.gflops_ratio,
-                     "top1": 100.0 * float((p == labels).float().mean()),
-                     "agreement": float((p == preds[DENSE]).float().mean())})
+        rows.append(
+            {
+                "name": name,
+                "kind": "fixed",
+                "gflops": lv.gflops,
+                "gflops_ratio": lv.gflops_ratio,
+                "top1": 100.0 * float((p == labels).float().mean()),
+                "agreement": float((p == preds[DENSE]).float().mean()),
+            }
+        )
     for t, b in buckets.items():
         router = routers[t]
         names = [bk.level.name for bk in router.buckets]
@@ -96,9 +109,19 @@ def summarize(model: SparseViT, preds, buckets, labels, routers) -> list[dict]:
         p = stacked.gather(0, b.view(1, -1))[0]
         gflops = torch.tensor([bk.level.gflops for bk in router.buckets], dtype=torch.float64)[b].mean().item()
         share = {n: round(float((b == i).float().mean()), 4) for i, n in enumerate(names)}
-        rows.append({"name": f"adaptive@{t:g}", "kind": "adaptive", "threshold": t, "gflops": gflops,
-                     "gflops_ratio": gflops / dense_gflops, "top1": 100.0 * float((p == labels).float().mean()),
-                     "agreement": float((p == preds[DENSE]).float().mean()), "level_share": share, "_pred": p})
+        rows.append(
+            {
+                "name": f"adaptive@{t:g}",
+                "kind": "adaptive",
+                "threshold": t,
+                "gflops": gflops,
+                "gflops_ratio": gflops / dense_gflops,
+                "top1": 100.0 * float((p == labels).float().mean()),
+                "agreement": float((p == preds[DENSE]).float().mean()),
+                "level_share": share,
+                "_pred": p,
+            }
+        )
     return rows
 
 
@@ -106,8 +129,10 @@ def format_table(rows: list[dict]) -> str:
     lines = ["| setting | GFLOPs | ratio | top-1 % | agreement | images per level |", "|---|---|---|---|---|---|"]
     for r in rows:
         share = ", ".join(f"{k} {v:.0%}" for k, v in r.get("level_share", {}).items() if v > 0) or "-"
-        lines.append(f"| {r['name']} | {r['gflops']:.3f} | {r['gflops_ratio']:.3f} | {r['top1']:.2f} | "
-                     f"{r['agreement']:.4f} | {share} |")
+        lines.append(
+            f"| {r['name']} | {r['gflops']:.3f} | {r['gflops_ratio']:.3f} | {r['top1']:.2f} | "
+            f"{r['agreement']:.4f} | {share} |"
+        )
     return "\n".join(lines)
 
 
@@ -138,8 +163,12 @@ def plot(rows: list[dict], path: Path, *, title: str) -> None:
 def source_revision() -> str:
     """The commit the numbers came from, '-dirty' when models/ had uncommitted changes."""
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "models"], capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "models"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (rev or "unknown") + ("-dirty" if dirty else "")
@@ -149,7 +178,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m models.train.adaptive_eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="deit_tiny_patch16_224")
     p.add_argument("--weights", help="local .safetensors/.pth (default: pretrained via HF_HOME)")
-    p.add_argument("--sets", default=",".join(map(str, DEFAULT_SETS)), help="comma list of image folders with labels.csv")
+    p.add_argument(
+        "--sets", default=",".join(map(str, DEFAULT_SETS)), help="comma list of image folders with labels.csv"
+    )
     p.add_argument("--thresholds", default="0.5,0.6,0.7,0.8,0.9,0.95")
     p.add_argument("--limit", type=int, help="first N images of each set only")
     p.add_argument("--batch-size", type=int, default=50)
@@ -177,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows:
                 if r["kind"] == "adaptive":
                     r["check_images"] = n_check
-                    r["check_match"] = check_equivalence(routers[r["threshold"]], crops[:n_check],
-                                                         r["_pred"][:n_check], batch_size=args.batch_size)
+                    r["check_match"] = check_equivalence(
+                        routers[r["threshold"]], crops[:n_check], r["_pred"][:n_check], batch_size=args.batch_size
+                    )
             per_set[folder.name] = {"images": len(labels), "rows": rows}
             all_preds.append(preds), all_buckets.append(buckets), all_labels.append(labels)
     except (ValueError, EvalSetError, WeightsError) as exc:
@@ -193,18 +225,28 @@ def main(argv: list[str] | None = None) -> int:
     for rows in [combined, *(p["rows"] for p in per_set.values())]:
         for r in rows:
             r.pop("_pred", None)
-    result = {"model": args.model, "weights": args.weights or "pretrained", "device": cpu_model(),
-              "threads": torch.get_num_threads(), "source": source_revision(), "wall_s": round(time.monotonic() - started, 1),
-              "command": "python -m models.train.adaptive_eval " + shlex.join(argv),
-              "probe_block": next(iter(routers.values())).probe_block,
-              "probe_gflops": next(iter(routers.values())).probe_gflops(),
-              "levels": {n: lv.as_dict() for n, lv in model.levels.items()},
-              "sets": per_set, "combined": {"images": n_total, "rows": combined}}
+    result = {
+        "model": args.model,
+        "weights": args.weights or "pretrained",
+        "device": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "source": source_revision(),
+        "wall_s": round(time.monotonic() - started, 1),
+        "command": "python -m models.train.adaptive_eval " + shlex.join(argv),
+        "probe_block": next(iter(routers.values())).probe_block,
+        "probe_gflops": next(iter(routers.values())).probe_gflops(),
+        "levels": {n: lv.as_dict() for n, lv in model.levels.items()},
+        "sets": per_set,
+        "combined": {"images": n_total, "rows": combined},
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     if args.plot:
-        plot(combined, Path(args.plot), title=f"{args.model}: adaptive vs fixed levels, {n_total} images "
-                                              f"({', '.join(per_set)}), {cpu_model()}")
+        plot(
+            combined,
+            Path(args.plot),
+            title=f"{args.model}: adaptive vs fixed levels, {n_total} images ({', '.join(per_set)}), {cpu_model()}",
+        )
     return 0
 
 

@@ -4,6 +4,7 @@ out_dir/checkpoint/ holds model.safetensors (float32 student weights), optimizer
 (AdamW moments and step counts, keyed `state.<param index>.<name>`) and trainer.json (step,
 history, the run's settings). Resuming from it reproduces the uninterrupted run exactly.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,13 +41,17 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
     for idx, entry in sorted(state.items()):
         shapes = {tuple(v.shape) for v in entry.values() if v.dim() > 0}
         if idx >= len(params) or shapes - {tuple(params[idx].shape)}:
-            raise ValueError(f"checkpoint optimizer state {idx} does not fit this run's parameters "
-                             "(written by another model or another version of the training code)")
+            raise ValueError(
+                f"checkpoint optimizer state {idx} does not fit this run's parameters "
+                "(written by another model or another version of the training code)"
+            )
     # Hyperparameters come from the current settings; only the moments are restored.
     optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
 
 
-def save_checkpoint(out_dir: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, trainer: dict) -> Path:
+def save_checkpoint(
+    out_dir: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, trainer: dict
+) -> Path:
     out = Path(out_dir)
     final, tmp, old = out / CHECKPOINT_DIR, out / f"{CHECKPOINT_DIR}.tmp", out / f"{CHECKPOINT_DIR}.old"
     shutil.rmtree(tmp, ignore_errors=True)

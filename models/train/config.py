@@ -1,4 +1,5 @@
 """Settings of one training run (`python -m models.train --help` lists them as flags)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

@@ -1,4 +1,5 @@
 """Loss curves of a run as a small PNG."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -4,6 +4,7 @@ Every sample's augmentation is seeded by (run seed, epoch, position), so a run r
 checkpoint sees exactly the batches the uninterrupted run would have seen, whatever the
 number of loader workers.
 """
+
 from __future__ import annotations
 
 import csv
@@ -116,11 +117,20 @@ class EpochSampler(Sampler):
         return self.n - self.skip
 
 
-def epoch_loader(dataset: SeededImages, *, batch_size: int, seed: int, epoch: int, skip_batches: int,
-                 num_workers: int, pin_memory: bool) -> DataLoader:
+def epoch_loader(
+    dataset: SeededImages,
+    *,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    skip_batches: int,
+    num_workers: int,
+    pin_memory: bool,
+) -> DataLoader:
     sampler = EpochSampler(len(dataset), seed=seed, epoch=epoch, skip=skip_batches * batch_size)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
-                      num_workers=num_workers, pin_memory=pin_memory)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers, pin_memory=pin_memory
+    )
 
 
 def mixup(x: torch.Tensor, labels: torch.Tensor, lam: float) -> tuple[torch.Tensor, tuple[torch.Tensor, float]]:

@@ -7,6 +7,7 @@ is backpropagated on its own (gradients accumulate, memory stays that of one lev
 AdamW step follows. Level sampling, mixup and augmentation are seeded per step, so a resumed
 run is the uninterrupted run.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,8 +38,15 @@ def create_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_s
     `step_update(step)` before every step gives a resumed run the uninterrupted run's rates.
     """
     warm = min(cfg.warmup_steps, max(total_steps - 1, 0))
-    return CosineLRScheduler(optimizer, t_initial=max(total_steps - warm, 1), lr_min=cfg.min_lr, warmup_t=warm,
-                             warmup_lr_init=cfg.min_lr, warmup_prefix=True, t_in_epochs=False)
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=max(total_steps - warm, 1),
+        lr_min=cfg.min_lr,
+        warmup_t=warm,
+        warmup_lr_init=cfg.min_lr,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
 
 
 def ordered_levels(model: SparseViT, names: tuple[str, ...] | None) -> list[str]:
@@ -80,8 +88,12 @@ class Trainer:
         self.steps_per_epoch = len(rows) // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise TrainDataError(f"{len(rows)} training images are fewer than one batch of {cfg.batch_size}")
-        transform = build_transform(self.student.data_config, augment=cfg.augment,
-                                    auto_augment=cfg.auto_augment, crop_scale_min=cfg.crop_scale_min)
+        transform = build_transform(
+            self.student.data_config,
+            augment=cfg.augment,
+            auto_augment=cfg.auto_augment,
+            crop_scale_min=cfg.crop_scale_min,
+        )
         self.dataset = SeededImages(rows, transform)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         # No weight decay on norms, biases, position embedding and class token (timm's rule).
@@ -136,22 +148,38 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return {"step": self.step, "lr": lr, "loss": total, "kd": kd_by_level, "ce": ce_sum / len(sampled),
-                "token": token, "grad_norm": float(grad_norm), "levels": sampled}
+        return {
+            "step": self.step,
+            "lr": lr,
+            "loss": total,
+            "kd": kd_by_level,
+            "ce": ce_sum / len(sampled),
+            "token": token,
+            "grad_norm": float(grad_norm),
+            "levels": sampled,
+        }
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self) -> Path:
-        trainer = {"step": self.step, "total_steps": self.total_steps, "config": self.cfg.as_dict(),
-                   "history": self.history}
-        return save_checkpoint(self.cfg.out_dir, model=self.student.timm_model, optimizer=self.optimizer, trainer=trainer)
+        trainer = {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "config": self.cfg.as_dict(),
+            "history": self.history,
+        }
+        return save_checkpoint(
+            self.cfg.out_dir, model=self.student.timm_model, optimizer=self.optimizer, trainer=trainer
+        )
 
     def resume(self) -> None:
         state = load_checkpoint(self.cfg.out_dir, model=self.student.timm_model, optimizer=self.optimizer)
         saved, now = state["config"], self.cfg.as_dict()
         differ = [k for k in RESUME_KEYS if saved.get(k) != now.get(k)]
         if differ:
-            raise ValueError(f"cannot resume: {', '.join(f'{k}={saved.get(k)!r}' for k in differ)} in the checkpoint "
-                             f"differ from this run's settings")
+            raise ValueError(
+                f"cannot resume: {', '.join(f'{k}={saved.get(k)!r}' for k in differ)} in the checkpoint "
+                f"differ from this run's settings"
+            )
         self.step = int(state["step"])
         self.history = list(state["history"])
 
@@ -168,9 +196,15 @@ class Trainer:
         timed_out = False
         while self.step < stop and not timed_out:
             epoch, skip = divmod(self.step, self.steps_per_epoch)
-            loader = epoch_loader(self.dataset, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                                  skip_batches=skip, num_workers=cfg.num_workers,
-                                  pin_memory=self.device.type == "cuda")
+            loader = epoch_loader(
+                self.dataset,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+                epoch=epoch,
+                skip_batches=skip,
+                num_workers=cfg.num_workers,
+                pin_memory=self.device.type == "cuda",
+            )
             for x, labels in loader:
                 record = self.train_step(x, labels)
                 self.history.append(record)
@@ -185,10 +219,16 @@ class Trainer:
         self.save()
         weights = export_weights(out / "model.safetensors", self.student.timm_model, dtype=cfg.export_dtype)
         curves = plot_curves(self.history, out / "loss_curves.png", dense=self.levels[0], sparsest=self.levels[-1])
-        return {"step": self.step, "total_steps": self.total_steps, "finished": self.step >= self.total_steps,
-                "stopped_by_time": timed_out, "wall_s": round(time.monotonic() - started, 1),
-                "weights": str(weights), "curves": str(curves) if curves else None,
-                "last": self.history[-1] if self.history else None}
+        return {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "finished": self.step >= self.total_steps,
+            "stopped_by_time": timed_out,
+            "wall_s": round(time.monotonic() - started, 1),
+            "weights": str(weights),
+            "curves": str(curves) if curves else None,
+            "last": self.history[-1] if self.history else None,
+        }
 
 
 def train(cfg: TrainConfig) -> dict:

@@ -1,4 +1,5 @@
 """Losses of dense/sparse self-distillation (all computed in float32)."""
+
 from __future__ import annotations
 
 import torch
@@ -18,7 +19,9 @@ def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
     return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * (t * t)
 
 
-def labelled_ce(logits: torch.Tensor, labels: torch.Tensor, *, mix: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+def labelled_ce(
+    logits: torch.Tensor, labels: torch.Tensor, *, mix: tuple[torch.Tensor, float] | None = None
+) -> torch.Tensor:
     """Cross-entropy over the images that carry a label; 0 when none does.
 
     Args:

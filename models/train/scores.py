@@ -5,6 +5,7 @@ scores the prune reducer ranks by) and the teacher's at a later block. SparseViT
 does not expose them, so this runs the same blocks through SparseViT's public parts (same
 weights, same math as the dense level) and keeps the rows it is asked for.
 """
+
 from __future__ import annotations
 
 import torch

@@ -12,6 +12,7 @@ static input keep whatever the previous batch left there; they are computed and 
 which is safe because a sample's result does not depend on the other samples in its batch
 (docs/architecture.md, invariant 3; the GPU tests check padded == unpadded).
 """
+
 from __future__ import annotations
 
 import logging
@@ -168,7 +169,9 @@ class CudaGraphRunner(Runner):
 
     def _warmup(self) -> None:
         keys = self.plan.capture_order()
-        log.info("capturing %d CUDA graphs (levels=%s buckets=%s)", len(keys), ",".join(self.plan.levels), self.plan.buckets)
+        log.info(
+            "capturing %d CUDA graphs (levels=%s buckets=%s)", len(keys), ",".join(self.plan.levels), self.plan.buckets
+        )
         self.bank.capture_all(keys)
         self.capture_seconds = self.bank.capture_seconds
         self.graph_memory_bytes = self.bank.memory_bytes

@@ -37,8 +37,14 @@ def create_runner(
         levels: the served levels (SAIT_LEVELS; None = all): only these are captured.
     """
     dev = resolve_device(device)
-    kwargs = dict(device=str(dev), precision=precision, max_batch_size=max_batch_size, top_k=top_k, fp32_head=fp32_head,
-                  levels=levels)
+    kwargs = dict(
+        device=str(dev),
+        precision=precision,
+        max_batch_size=max_batch_size,
+        top_k=top_k,
+        fp32_head=fp32_head,
+        levels=levels,
+    )
     if cuda_graphs and dev.type == "cuda":
         return CudaGraphRunner(model, **kwargs)
     if cuda_graphs and dev.type != "cuda":

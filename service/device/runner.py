@@ -9,6 +9,7 @@ One interface, two implementations:
 `service.device.factory.create_runner` picks one from the settings. Only the single inference worker thread calls
 `run` (docs/architecture.md, invariant 4), so runners keep no locks.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,7 +46,7 @@ class RunOutput:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto" -> bf16 on CUDA (tensor cores, fp32 range), fp32 on CPU (no bf16 speed-up there)."""
+    """ "auto" -> bf16 on CUDA (tensor cores, fp32 range), fp32 on CPU (no bf16 speed-up there)."""
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if precision not in PRECISIONS:
@@ -79,8 +80,16 @@ class InferenceStep(nn.Module):
         fp32_head: under bf16/fp16, run the classifier head in fp32 (see `logits`).
     """
 
-    def __init__(self, model: nn.Module, *, data_config: DataConfig, device: torch.device, precision: str, top_k: int,
-                 fp32_head: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        data_config: DataConfig,
+        device: torch.device,
+        precision: str,
+        top_k: int,
+        fp32_head: bool = True,
+    ):
         super().__init__()
         self.model = model
         self.device = device
@@ -88,7 +97,9 @@ class InferenceStep(nn.Module):
         self.top_k = top_k
         self.fp32_head = fp32_head
         # Same arithmetic as normalize_uint8: (x/255 - mean) / std, in float32.
-        self.register_buffer("mean", torch.tensor(data_config.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1))
+        self.register_buffer(
+            "mean", torch.tensor(data_config.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        )
         self.register_buffer("std", torch.tensor(data_config.std, dtype=torch.float32, device=device).view(1, -1, 1, 1))
 
     def forward(self, x_uint8: torch.Tensor, level: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -130,8 +141,17 @@ class Runner:
 
     uses_cuda_graphs = False
 
-    def __init__(self, model: nn.Module, *, device: str = "auto", precision: str = "auto", max_batch_size: int = 32,
-                 top_k: int = 5, fp32_head: bool = True, levels: tuple[str, ...] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        max_batch_size: int = 32,
+        top_k: int = 5,
+        fp32_head: bool = True,
+        levels: tuple[str, ...] | None = None,
+    ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if top_k < 1:
@@ -148,7 +168,11 @@ class Runner:
         self.levels: tuple[str, ...] = tuple(levels) if levels else known
         self.input_size: tuple[int, int, int] = tuple(model.data_config.input_size)
         self.step = InferenceStep(
-            self.model, data_config=model.data_config, device=self.device, precision=self.precision, top_k=top_k,
+            self.model,
+            data_config=model.data_config,
+            device=self.device,
+            precision=self.precision,
+            top_k=top_k,
             fp32_head=fp32_head,
         )
         # Exported as sait_cuda_graph_capture_seconds / sait_cuda_graph_memory_bytes; zero
@@ -168,8 +192,13 @@ class Runner:
         self.ready = True
         log.info(
             "runner warm: device=%s precision=%s graphs=%s levels=%d warmup_s=%.2f capture_s=%.2f graph_memory_mib=%.1f",
-            self.device, self.precision, self.uses_cuda_graphs, len(self.levels), self.warmup_seconds,
-            self.capture_seconds, self.graph_memory_bytes / 2**20,
+            self.device,
+            self.precision,
+            self.uses_cuda_graphs,
+            len(self.levels),
+            self.warmup_seconds,
+            self.capture_seconds,
+            self.graph_memory_bytes / 2**20,
         )
 
     def run(self, level: str, x_uint8: torch.Tensor) -> RunOutput:
@@ -203,7 +232,9 @@ class Runner:
         if x_uint8.dtype != torch.uint8:
             raise TypeError(f"runner input must be uint8, got {x_uint8.dtype}")
         if x_uint8.dim() != 4 or tuple(x_uint8.shape[1:]) != self.input_size:
-            raise ValueError(f"runner input must be [N,{','.join(map(str, self.input_size))}], got {list(x_uint8.shape)}")
+            raise ValueError(
+                f"runner input must be [N,{','.join(map(str, self.input_size))}], got {list(x_uint8.shape)}"
+            )
         if x_uint8.shape[0] < 1:
             raise ValueError("runner input is an empty batch")
 

@@ -14,6 +14,7 @@ arrived, and never past the latest moment its most urgent image can still start
 whose deadline has passed, or that could not finish before it even in a batch of one, are
 handed back as `expired` (answered 504) and never computed.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -82,8 +83,15 @@ class Batcher:
         clock: monotonic seconds (tests pass a fake).
     """
 
-    def __init__(self, *, levels: tuple[str, ...], max_batch_size: int, max_queue_delay_ms: float,
-                 latency: LatencyPredictor | None = None, clock: Callable[[], float] = time.perf_counter):
+    def __init__(
+        self,
+        *,
+        levels: tuple[str, ...],
+        max_batch_size: int,
+        max_queue_delay_ms: float,
+        latency: LatencyPredictor | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_ms / 1e3
         self.latency = latency

@@ -29,8 +29,12 @@ class LevelFacts:
     agreement: float | None = None
 
     def as_dict(self) -> dict:
-        return {"gflops": self.gflops, "gflops_ratio": self.gflops_ratio, "top1": self.top1,
-                "agreement": self.agreement}
+        return {
+            "gflops": self.gflops,
+            "gflops_ratio": self.gflops_ratio,
+            "top1": self.top1,
+            "agreement": self.agreement,
+        }
 
 
 def load_card(settings: Settings) -> LevelCard | None:

@@ -43,6 +43,7 @@ Rules, in order:
    queue absorbs the bursts of random arrivals, which average out, and a short one would shed
    them. (The overload runs that showed both are in docs/loadtest.md.)
 """
+
 from __future__ import annotations
 
 import math
@@ -191,8 +192,15 @@ def drain_ms(latency: LatencyPredictor, level: str, images: int, max_batch_size:
 
 def waiting_ms(load: LoadSnapshot, latency: LatencyPredictor, policy: Policy) -> float:
     """Work ahead of any new request: the batch in flight, the hand-back overhead, every queue."""
-    return load.completion_scale * (load.busy_ms + load.overhead_ms + sum(
-        drain_ms(latency, level, queued, policy.max_batch_size) for level, queued in load.queued.items() if queued > 0))
+    return load.completion_scale * (
+        load.busy_ms
+        + load.overhead_ms
+        + sum(
+            drain_ms(latency, level, queued, policy.max_batch_size)
+            for level, queued in load.queued.items()
+            if queued > 0
+        )
+    )
 
 
 def ladder(candidates: Sequence[LevelInfo], latency: LatencyPredictor, policy: Policy) -> list[tuple[LevelInfo, float]]:
@@ -227,20 +235,23 @@ def ladder(candidates: Sequence[LevelInfo], latency: LatencyPredictor, policy: P
     return [(lv, policy.degrade_from + step * i) for i, lv in enumerate(rungs)]
 
 
-def keeps_up(rungs: Sequence[tuple[LevelInfo, float]], load: LoadSnapshot, latency: LatencyPredictor,
-             policy: Policy) -> list[tuple[LevelInfo, float]]:
+def keeps_up(
+    rungs: Sequence[tuple[LevelInfo, float]], load: LoadSnapshot, latency: LatencyPredictor, policy: Policy
+) -> list[tuple[LevelInfo, float]]:
     """The rungs whose capacity the recent arrival rate fills to at most max_utilization.
 
     Capacity is counted in full batches (under load the batcher fills them); see
     `utilization`. When no rung keeps up, the sparsest stays: the deadline check then sheds the excess.
     """
-    kept = [(lv, share) for lv, share in rungs
-            if utilization(lv.name, load, latency, policy, stretched=False) <= policy.max_utilization]
+    kept = [
+        (lv, share)
+        for lv, share in rungs
+        if utilization(lv.name, load, latency, policy, stretched=False) <= policy.max_utilization
+    ]
     return kept or list(rungs[-1:])
 
 
-def utilization(level: str, load: LoadSnapshot, latency: LatencyPredictor, policy: Policy, *,
-                stretched: bool) -> float:
+def utilization(level: str, load: LoadSnapshot, latency: LatencyPredictor, policy: Policy, *, stretched: bool) -> float:
     """The share of the server's time the recent arrival rate would take, all served at `level`.
 
     Per image in a full batch, from the (online-corrected) batch predictions. `stretched`
@@ -272,8 +283,9 @@ def overload_wait_share(utilization_of_sparsest: float, policy: Policy) -> float
     return 1.0 - (1.0 - policy.overload_wait_share) * min(excess, 1.0)
 
 
-def predicted_completion_ms(level: str, images: int, load: LoadSnapshot, latency: LatencyPredictor,
-                            policy: Policy) -> float:
+def predicted_completion_ms(
+    level: str, images: int, load: LoadSnapshot, latency: LatencyPredictor, policy: Policy
+) -> float:
     """When a request of `images` joining `level`'s queue now is predicted to finish (ms from now)."""
     ahead = load.busy_ms + load.overhead_ms
     for other, queued in load.queued.items():
@@ -295,8 +307,16 @@ def predicted_completion_ms(level: str, images: int, load: LoadSnapshot, latency
     return ahead * load.completion_scale
 
 
-def choose_level(dial: Dial, load: LoadSnapshot, latency: LatencyPredictor, *, levels: Sequence[LevelInfo],
-                 policy: Policy, images: int = 1, elapsed_ms: float = 0.0) -> Decision:
+def choose_level(
+    dial: Dial,
+    load: LoadSnapshot,
+    latency: LatencyPredictor,
+    *,
+    levels: Sequence[LevelInfo],
+    policy: Policy,
+    images: int = 1,
+    elapsed_ms: float = 0.0,
+) -> Decision:
     """The level for a request of `images` images, or Shed/BadRequest. Pure: no clock, no side effects.
 
     `elapsed_ms` is the time already spent on the request (receiving, decoding) when it
@@ -306,8 +326,10 @@ def choose_level(dial: Dial, load: LoadSnapshot, latency: LatencyPredictor, *, l
         raise ValueError("no levels to choose from")
     if load.total_queued + images > policy.queue_limit:
         wait_ms = load.busy_ms + sum(drain_ms(latency, lv, q, policy.max_batch_size) for lv, q in load.queued.items())
-        raise Shed(f"queue full: {load.total_queued} images queued, limit {policy.queue_limit} (SAIT_QUEUE_LIMIT)",
-                   retry_after_s=wait_ms / 1e3)
+        raise Shed(
+            f"queue full: {load.total_queued} images queued, limit {policy.queue_limit} (SAIT_QUEUE_LIMIT)",
+            retry_after_s=wait_ms / 1e3,
+        )
     budget_ms = dial.latency_budget_ms if dial.latency_budget_ms is not None else policy.default_budget_ms
     usable_ms = budget_ms * (1.0 - policy.safety_margin) - elapsed_ms
 
@@ -335,7 +357,8 @@ def choose_level(dial: Dial, load: LoadSnapshot, latency: LatencyPredictor, *, l
             raise Shed(
                 f"overloaded: {load.arrival_rate_per_s:.0f} images/s arrive, more than even {sparsest} can serve; "
                 f"the queue is kept under {share:.2g} of the budget (SAIT_OVERLOAD_WAIT_SHARE)",
-                retry_after_s=waiting / 1e3)
+                retry_after_s=waiting / 1e3,
+            )
         # The sparsest rung has share 1: it always stays, and only the deadline can refuse it.
         rungs = [(lv, share) for lv, share in rungs if waiting <= share * usable_ms] or rungs[-1:]
     best_ms = math.inf
@@ -356,11 +379,11 @@ def levels_meeting(min_accuracy: float, levels: Sequence[LevelInfo]) -> list[Lev
     """Levels whose card accuracy is at least the floor; BadRequest when none or no card."""
     known = [lv for lv in levels if lv.accuracy is not None]
     if not known:
-        raise BadRequest("min_accuracy needs a level card with measured accuracy; none is loaded "
-                         "(set SAIT_LEVEL_CARD)")
+        raise BadRequest("min_accuracy needs a level card with measured accuracy; none is loaded (set SAIT_LEVEL_CARD)")
     meeting = [lv for lv in known if lv.accuracy >= min_accuracy - 1e-12]
     if not meeting:
         best = max(known, key=lambda lv: lv.accuracy)
-        raise BadRequest(f"no level reaches min_accuracy {min_accuracy}: the best is {best.name} "
-                         f"with {best.accuracy:.4f}")
+        raise BadRequest(
+            f"no level reaches min_accuracy {min_accuracy}: the best is {best.name} with {best.accuracy:.4f}"
+        )
     return meeting

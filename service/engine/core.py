@@ -129,14 +129,20 @@ class Engine:
         self.card = card
         levels = _served_levels(model, settings.level_names)
         self.level_infos = tuple(
-            LevelInfo(name=n, gflops_ratio=float(model.level(n).gflops_ratio),
-                      accuracy=card_accuracy(card_entry(card, n)))
+            LevelInfo(
+                name=n, gflops_ratio=float(model.level(n).gflops_ratio), accuracy=card_accuracy(card_entry(card, n))
+            )
             for n in levels
         )
         self.info = ModelInfo(
-            name=settings.model_name, input_size=tuple(model.data_config.input_size), data_config=model.data_config,
-            num_classes=int(model.timm_model.num_classes), labels=tuple(class_labels(model.timm_model.num_classes)),
-            levels=levels, facts={n: level_facts(model.level(n), card) for n in levels}, has_card=card is not None,
+            name=settings.model_name,
+            input_size=tuple(model.data_config.input_size),
+            data_config=model.data_config,
+            num_classes=int(model.timm_model.num_classes),
+            labels=tuple(class_labels(model.timm_model.num_classes)),
+            levels=levels,
+            facts={n: level_facts(model.level(n), card) for n in levels},
+            has_card=card is not None,
             device=getattr(runner, "device", torch.device("cpu")).type,
         )
         self.policy = Policy.from_settings(settings)
@@ -174,9 +180,15 @@ class Engine:
         except CardError as exc:
             raise StartupError(str(exc)) from None
         try:
-            runner = create_runner(model, device=settings.device, precision=settings.precision,
-                                   cuda_graphs=settings.cuda_graphs, max_batch_size=settings.max_batch_size, top_k=5,
-                                   levels=_served_levels(model, settings.level_names))
+            runner = create_runner(
+                model,
+                device=settings.device,
+                precision=settings.precision,
+                cuda_graphs=settings.cuda_graphs,
+                max_batch_size=settings.max_batch_size,
+                top_k=5,
+                levels=_served_levels(model, settings.level_names),
+            )
         except (RuntimeError, ValueError) as exc:
             raise StartupError(f"cannot create the runner: {exc}") from None
         return cls(settings=settings, model=model, runner=runner, card=card)
@@ -195,23 +207,34 @@ class Engine:
         self.worker = InferenceWorker(runner=self.runner, on_batch=self._on_batch, probe=probe)
         profile = self.worker.prepare(self._warm_and_profile)
         by_density = sorted(self.level_infos, key=lambda lv: -lv.gflops_ratio)
-        self.latency = LatencyModel(profile_ms=profile, max_batch_size=self.settings.max_batch_size,
-                                    order=tuple(lv.name for lv in by_density))
-        log.info("latency model per image at batch %d: %s", self.settings.max_batch_size,
-                 ", ".join(f"{lv.name}={self.latency.per_image_ms(lv.name):.1f}ms" for lv in by_density))
+        self.latency = LatencyModel(
+            profile_ms=profile, max_batch_size=self.settings.max_batch_size, order=tuple(lv.name for lv in by_density)
+        )
+        log.info(
+            "latency model per image at batch %d: %s",
+            self.settings.max_batch_size,
+            ", ".join(f"{lv.name}={self.latency.per_image_ms(lv.name):.1f}ms" for lv in by_density),
+        )
         rungs = ladder(by_density, self.latency, self.policy)
         self.policy = dataclasses.replace(self.policy, rungs=tuple(lv.name for lv, _ in rungs))
         self.info = dataclasses.replace(self.info, ladder=self.policy.rungs)
-        log.info("degradation ladder: %s", " > ".join(
-            f"{lv.name} (waiting <= {share:.0%} of the budget)" for lv, share in rungs))
-        self.batcher = Batcher(levels=self.info.levels, max_batch_size=self.settings.max_batch_size,
-                               max_queue_delay_ms=self.settings.max_queue_delay_ms, latency=self.latency)
+        log.info(
+            "degradation ladder: %s",
+            " > ".join(f"{lv.name} (waiting <= {share:.0%} of the budget)" for lv, share in rungs),
+        )
+        self.batcher = Batcher(
+            levels=self.info.levels,
+            max_batch_size=self.settings.max_batch_size,
+            max_queue_delay_ms=self.settings.max_queue_delay_ms,
+            latency=self.latency,
+        )
         self.worker.serve(self.batcher, self.latency)
         self.warm_s = time.perf_counter() - start
         self._ready = True
         self.metrics.ready.set(1)
-        log.info("ready: model=%s levels=%s warm-up+profile %.1f s", self.info.name, ",".join(self.info.levels),
-                 self.warm_s)
+        log.info(
+            "ready: model=%s levels=%s warm-up+profile %.1f s", self.info.name, ",".join(self.info.levels), self.warm_s
+        )
 
     def _warm_and_profile(self) -> dict[str, dict[int, float]]:
         """Runs on the worker thread: warm-up, then the latency profile (level -> batch -> ms)."""
@@ -226,8 +249,12 @@ class Engine:
         self.metrics.graph_memory.set(getattr(self.runner, "graph_memory_bytes", 0))
         if self.info.device == "cuda":
             self.metrics.enable_gpu(self.runner.device.index or 0)
-        profile = profile_levels(self.runner.run, levels=self.info.levels, input_size=self.info.input_size,
-                                 max_batch_size=self.settings.max_batch_size)
+        profile = profile_levels(
+            self.runner.run,
+            levels=self.info.levels,
+            input_size=self.info.input_size,
+            max_batch_size=self.settings.max_batch_size,
+        )
         for level, points in profile.items():
             log.info("latency profile %s: %s", level, ", ".join(f"b{b}={ms:.1f}ms" for b, ms in points.items()))
         return profile
@@ -255,8 +282,9 @@ class Engine:
 
     def health(self) -> Health:
         live = self.worker is None or self.worker.alive
-        return Health(live=live and self.failed is None,
-                      ready=self._ready and live and not self.draining and self.failed is None)
+        return Health(
+            live=live and self.failed is None, ready=self._ready and live and not self.draining and self.failed is None
+        )
 
     def admit(self) -> None:
         """Raise Unavailable (503) unless new requests are accepted now."""
@@ -269,8 +297,9 @@ class Engine:
         self.inflight += 1
         self.metrics.inflight.inc()
 
-    def request_finished(self, *, api: str, level: str | None, outcome: str, arrival_s: float,
-                         deadline_met: bool | None = None) -> None:
+    def request_finished(
+        self, *, api: str, level: str | None, outcome: str, arrival_s: float, deadline_met: bool | None = None
+    ) -> None:
         """Observe one answered inference request (exactly once per request_started)."""
         self.inflight -= 1
         self.metrics.inflight.dec()
@@ -299,8 +328,15 @@ class Engine:
         self._arrivals.add(now_s, len(images))  # shed or not, it is offered load
         load = self._load_snapshot(now_s)
         self.metrics.arrival_rate.set(load.arrival_rate_per_s)
-        decision = choose_level(dial, load, self.latency, levels=self.level_infos, policy=self.policy,
-                                images=len(images), elapsed_ms=(now_s - arrival_s) * 1e3)
+        decision = choose_level(
+            dial,
+            load,
+            self.latency,
+            levels=self.level_infos,
+            policy=self.policy,
+            images=len(images),
+            elapsed_ms=(now_s - arrival_s) * 1e3,
+        )
         self.metrics.level_chosen.labels(level=decision.level, reason=decision.reason).inc()
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in images]
@@ -308,8 +344,14 @@ class Engine:
         # The margin the controller kept for prediction error: later arrivals must not fill it.
         finish_by_s = arrival_s + decision.budget_ms * (1.0 - self.policy.safety_margin) / 1e3
         items = [
-            WorkItem(image=img, level=decision.level, deadline_s=deadline_s, priority=dial.priority,
-                     finish_by_s=finish_by_s, on_done=_resolver(loop, fut))
+            WorkItem(
+                image=img,
+                level=decision.level,
+                deadline_s=deadline_s,
+                priority=dial.priority,
+                finish_by_s=finish_by_s,
+                on_done=_resolver(loop, fut),
+            )
             for img, fut in zip(images, futures)
         ]
         self.batcher.put(items)
@@ -317,8 +359,9 @@ class Engine:
         results = await asyncio.gather(*futures, return_exceptions=True)
         if all(isinstance(r, (ItemResult, Expired)) for r in results):  # served, or expired: time that counts
             # Against the uncorrected prediction: the correction must not chase its own tail.
-            self._completions.add((time.perf_counter() - admitted_s) * 1e3,
-                                  decision.predicted_ms / load.completion_scale)
+            self._completions.add(
+                (time.perf_counter() - admitted_s) * 1e3, decision.predicted_ms / load.completion_scale
+            )
         if all(isinstance(r, ItemResult) for r in results):
             # What the queue and compute times do not explain: handing results back to a busy
             # event loop. The controller adds it to every prediction.
@@ -330,14 +373,19 @@ class Engine:
                 if isinstance(r, ServiceError):
                     r.level = decision.level
                 raise r
-        return RequestResult(decision=decision, items=list(results), total_ms=(time.perf_counter() - arrival_s) * 1e3,
-                             top_k=dial.top_k)
+        return RequestResult(
+            decision=decision, items=list(results), total_ms=(time.perf_counter() - arrival_s) * 1e3, top_k=dial.top_k
+        )
 
     # -- bookkeeping ------------------------------------------------------------------------------------
     def _load_snapshot(self, now_s: float) -> LoadSnapshot:
-        return LoadSnapshot(queued=self.batcher.snapshot(), busy_ms=self.worker.busy_ms(),
-                            overhead_ms=self._overhead_ms, completion_scale=self._completions.scale(),
-                            arrival_rate_per_s=self._arrivals.rate(now_s))
+        return LoadSnapshot(
+            queued=self.batcher.snapshot(),
+            busy_ms=self.worker.busy_ms(),
+            overhead_ms=self._overhead_ms,
+            completion_scale=self._completions.scale(),
+            arrival_rate_per_s=self._arrivals.rate(now_s),
+        )
 
     def _on_batch(self, level: str, size: int, compute_s: float, queue_s: list[float]) -> None:
         self.metrics.observe_batch(level=level, size=size, compute_s=compute_s, queue_s=queue_s)
@@ -371,7 +419,9 @@ def _served_levels(model, names: tuple[str, ...] | None) -> tuple[str, ...]:
         return tuple(model.levels)
     unknown = [n for n in names if n not in model.levels]
     if unknown:
-        raise StartupError(f"invalid setting SAIT_LEVELS: unknown level(s) {', '.join(unknown)}; "
-                           f"the model has {', '.join(model.levels)}")
+        raise StartupError(
+            f"invalid setting SAIT_LEVELS: unknown level(s) {', '.join(unknown)}; "
+            f"the model has {', '.join(model.levels)}"
+        )
     # Keep the model's densest-first order whatever order the setting lists them in.
     return tuple(n for n in model.levels if n in names)

@@ -1,4 +1,5 @@
 """Class labels: ImageNet-1k names from timm's packaged metadata (no network)."""
+
 from __future__ import annotations
 
 import logging

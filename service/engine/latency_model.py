@@ -15,6 +15,7 @@ slower than at start-up, a neighbour on the CPU, a load generator, slows every l
 and a level that ran rarely must not keep a stale estimate), and a slower per-level factor
 (what the profile got wrong about one level).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -46,8 +47,15 @@ class LatencyModel:
             keeps the profile as measured.
     """
 
-    def __init__(self, *, profile_ms: dict[str, dict[int, float]], max_batch_size: int, alpha: float = 0.3,
-                 level_alpha: float = 0.05, order: tuple[str, ...] | None = None):
+    def __init__(
+        self,
+        *,
+        profile_ms: dict[str, dict[int, float]],
+        max_batch_size: int,
+        alpha: float = 0.3,
+        level_alpha: float = 0.05,
+        order: tuple[str, ...] | None = None,
+    ):
         if not profile_ms:
             raise ValueError("latency model needs at least one level")
         self.max_batch_size = max_batch_size
@@ -179,8 +187,13 @@ def profile_levels(
     inputs = {b: torch.zeros((b, *input_size), dtype=torch.uint8) for b in sizes}
     times: dict[tuple[str, int], list[float]] = {job: [] for job in jobs}
     rounds = [None] + list(range(repeats))
-    bar = tqdm(total=len(jobs) * len(rounds), desc="profiling levels", unit="run",
-               disable=None if progress else True, leave=False)
+    bar = tqdm(
+        total=len(jobs) * len(rounds),
+        desc="profiling levels",
+        unit="run",
+        disable=None if progress else True,
+        leave=False,
+    )
     for r in rounds:
         for level, b in jobs:
             start = time.perf_counter()

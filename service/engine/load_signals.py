@@ -4,6 +4,7 @@ measured completion times run over their predictions.
 Both are updated and read on the event loop for every request, so both keep running sums
 (O(1) per request, no pass over a window).
 """
+
 from __future__ import annotations
 
 import collections

@@ -3,6 +3,7 @@
 Each app gets its own registry (tests run several servers in one process). Requests are
 observed once, when their response is decided; batches once, by the worker.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,45 +32,83 @@ class Metrics:
         max_batch_size: top bucket of the batch-size histogram.
     """
 
-    def __init__(self, *, registry: CollectorRegistry | None = None, levels: tuple[str, ...] = (),
-                 max_batch_size: int = 32):
+    def __init__(
+        self, *, registry: CollectorRegistry | None = None, levels: tuple[str, ...] = (), max_batch_size: int = 32
+    ):
         self.registry = r = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        self.requests = Counter("sait_requests_total", "Requests answered, by API, level and outcome.",
-                                ["api", "level", "outcome"], registry=r)
-        self.request_duration = Histogram("sait_request_duration_seconds",
-                                          "End-to-end time from request arrival to response, seconds.",
-                                          ["api", "level"], buckets=_LATENCY_BUCKETS_S, registry=r)
-        self.queue_duration = Histogram("sait_queue_duration_seconds",
-                                        "Time an image waited in its level queue before its batch started, seconds.",
-                                        ["level"], buckets=_LATENCY_BUCKETS_S, registry=r)
-        self.compute_duration = Histogram("sait_compute_duration_seconds",
-                                          "Compute time of one batch on the device, seconds.",
-                                          ["level"], buckets=_LATENCY_BUCKETS_S, registry=r)
-        self.batch_size = Histogram("sait_batch_size", "Images per batch run by the worker.",
-                                    ["level"], buckets=[float(b) for b in batch_buckets(max_batch_size)], registry=r)
-        self.deadline = Counter("sait_deadline_total",
-                                "Served requests that met or missed their latency budget.", ["result"], registry=r)
+        self.requests = Counter(
+            "sait_requests_total",
+            "Requests answered, by API, level and outcome.",
+            ["api", "level", "outcome"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "sait_request_duration_seconds",
+            "End-to-end time from request arrival to response, seconds.",
+            ["api", "level"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.queue_duration = Histogram(
+            "sait_queue_duration_seconds",
+            "Time an image waited in its level queue before its batch started, seconds.",
+            ["level"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.compute_duration = Histogram(
+            "sait_compute_duration_seconds",
+            "Compute time of one batch on the device, seconds.",
+            ["level"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "sait_batch_size",
+            "Images per batch run by the worker.",
+            ["level"],
+            buckets=[float(b) for b in batch_buckets(max_batch_size)],
+            registry=r,
+        )
+        self.deadline = Counter(
+            "sait_deadline_total", "Served requests that met or missed their latency budget.", ["result"], registry=r
+        )
         self.queue_depth = Gauge("sait_queue_depth", "Images waiting per level queue.", ["level"], registry=r)
-        self.level_chosen = Counter("sait_level_chosen_total",
-                                    "Levels chosen by the controller, by what decided the choice.",
-                                    ["level", "reason"], registry=r)
+        self.level_chosen = Counter(
+            "sait_level_chosen_total",
+            "Levels chosen by the controller, by what decided the choice.",
+            ["level", "reason"],
+            registry=r,
+        )
         self.ready = Gauge("sait_ready", "1 when the server accepts inference requests, else 0.", registry=r)
         self.inflight = Gauge("sait_inflight_requests", "Inference requests being handled now.", registry=r)
-        self.latency_scale = Gauge("sait_latency_scale_ratio",
-                                   "Measured / start-up profiled compute time, shared by all levels (1: as at start-up).",
-                                   registry=r)
-        self.arrival_rate = Gauge("sait_arrival_rate_images_per_second",
-                                  "Images reaching the controller per second over the last 2 s, shed ones included.",
-                                  registry=r)
-        self.gpu_memory = Gauge("sait_gpu_memory_used_bytes", "Device memory in use (CUDA only), bytes.",
-                                ["gpu"], registry=r)
-        self.gpu_utilization = Gauge("sait_gpu_utilization_ratio",
-                                     "Fraction of time the GPU was busy over the last sample (CUDA only).",
-                                     ["gpu"], registry=r)
-        self.graph_capture = Gauge("sait_cuda_graph_capture_seconds",
-                                   "Time spent capturing CUDA graphs at start-up (0 when none), seconds.", registry=r)
-        self.graph_memory = Gauge("sait_cuda_graph_memory_bytes",
-                                  "Memory held by captured CUDA graphs (0 when none), bytes.", registry=r)
+        self.latency_scale = Gauge(
+            "sait_latency_scale_ratio",
+            "Measured / start-up profiled compute time, shared by all levels (1: as at start-up).",
+            registry=r,
+        )
+        self.arrival_rate = Gauge(
+            "sait_arrival_rate_images_per_second",
+            "Images reaching the controller per second over the last 2 s, shed ones included.",
+            registry=r,
+        )
+        self.gpu_memory = Gauge(
+            "sait_gpu_memory_used_bytes", "Device memory in use (CUDA only), bytes.", ["gpu"], registry=r
+        )
+        self.gpu_utilization = Gauge(
+            "sait_gpu_utilization_ratio",
+            "Fraction of time the GPU was busy over the last sample (CUDA only).",
+            ["gpu"],
+            registry=r,
+        )
+        self.graph_capture = Gauge(
+            "sait_cuda_graph_capture_seconds",
+            "Time spent capturing CUDA graphs at start-up (0 when none), seconds.",
+            registry=r,
+        )
+        self.graph_memory = Gauge(
+            "sait_cuda_graph_memory_bytes", "Memory held by captured CUDA graphs (0 when none), bytes.", registry=r
+        )
         for result in ("met", "missed"):
             self.deadline.labels(result=result)
         self._levels = tuple(levels)

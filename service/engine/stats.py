@@ -6,6 +6,7 @@ compute_infer, compute_output}, batch_stats[{batch_size, compute_*}]}]}, every d
 {"count", "ns"}. Here compute_input (host stacking) and compute_output are folded into
 compute_infer, which is what the runner times.
 """
+
 from __future__ import annotations
 
 import threading
@@ -72,8 +73,12 @@ class ModelStats:
                     "cache_miss": dict(zero),
                 },
                 "batch_stats": [
-                    {"batch_size": size, "compute_input": {"count": d["count"], "ns": 0},
-                     "compute_infer": dict(d), "compute_output": {"count": d["count"], "ns": 0}}
+                    {
+                        "batch_size": size,
+                        "compute_input": {"count": d["count"], "ns": 0},
+                        "compute_infer": dict(d),
+                        "compute_output": {"count": d["count"], "ns": 0},
+                    }
                     for size, d in sorted(self.batches.items())
                 ],
             }

@@ -4,6 +4,7 @@ It takes batches from the batcher, runs them, and hands each image its result th
 item's callback. Expired images are answered 504 without compute. A batch that raises fails
 only its own images (500) and the loop goes on; nothing a batch does stops the thread.
 """
+
 from __future__ import annotations
 
 import logging
@@ -67,8 +68,15 @@ class InferenceWorker:
             next burst with a stale prediction; None: never.
     """
 
-    def __init__(self, *, runner, batcher: Batcher | None = None, latency: LatencyModel | None = None,
-                 on_batch=None, probe: tuple[str, torch.Tensor, float] | None = None):
+    def __init__(
+        self,
+        *,
+        runner,
+        batcher: Batcher | None = None,
+        latency: LatencyModel | None = None,
+        on_batch=None,
+        probe: tuple[str, torch.Tensor, float] | None = None,
+    ):
         self.runner = runner
         self.batcher = batcher
         self.latency = latency
@@ -207,10 +215,17 @@ class InferenceWorker:
             except Exception:
                 log.exception("batch metrics failed")
         for i, item in enumerate(items):
-            _deliver(item, ItemResult(
-                probs=out.probs[i], topk_values=out.topk_values[i], topk_indices=out.topk_indices[i],
-                queue_s=queue_s[i], compute_s=compute_s, batch_size=len(items),
-            ))
+            _deliver(
+                item,
+                ItemResult(
+                    probs=out.probs[i],
+                    topk_values=out.topk_values[i],
+                    topk_indices=out.topk_indices[i],
+                    queue_s=queue_s[i],
+                    compute_s=compute_s,
+                    batch_size=len(items),
+                ),
+            )
 
 
 def _deliver(item, result) -> None:

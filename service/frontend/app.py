@@ -4,6 +4,7 @@ Start-up: load the model, card and runner (unless an engine is handed in), then 
 profile in a thread while /v2/health/live already answers; readiness turns true only when
 the worker runs. Shutdown: close the queues, let the worker finish, stop the decoders.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -5,6 +5,7 @@ Content-Length still cannot make the server buffer more than SAIT_MAX_BODY_BYTES
 compressed body (tritonclient's request_compression_algorithm) is inflated under the same
 limit, so a small zip bomb cannot expand past it either.
 """
+
 from __future__ import annotations
 
 import zlib

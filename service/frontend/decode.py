@@ -5,6 +5,7 @@ and resamples), so the asyncio loop keeps accepting requests. The pixel count is
 from the header before any pixel is decoded: a small file that claims a huge canvas (a
 decompression bomb) is refused without allocating it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,7 +39,9 @@ def decode_image(data: bytes, cfg: DataConfig, *, max_pixels: int) -> torch.Tens
     except UnidentifiedImageError:
         raise BadRequest("not an image: expected JPEG, PNG or WebP bytes") from None
     except Image.DecompressionBombError:
-        raise BadRequest(f"image dimensions are over the limit of {max_pixels} pixels (SAIT_MAX_IMAGE_PIXELS)") from None
+        raise BadRequest(
+            f"image dimensions are over the limit of {max_pixels} pixels (SAIT_MAX_IMAGE_PIXELS)"
+        ) from None
     except Exception as exc:  # a malformed header can raise many things
         raise BadRequest(f"cannot read image header: {_first_line(exc)}") from None
     width, height = img.size

@@ -14,6 +14,7 @@ would call (the same function); everything else — other routes, other methods,
 lifespan — goes to the FastAPI app, which keeps every route registered, so the OpenAPI page
 and the drift tests still see them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -64,4 +65,4 @@ def _handler(path: str):
 def _route_path(scope) -> str:
     """The path the routes see: without the root path a proxy mounted the app under (as Starlette)."""
     path, root = scope["path"], scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
+    return path[len(root) :] if root and path.startswith(root) else path

@@ -38,12 +38,18 @@ async def serve_inference(
         result = await work(engine, arrival_s)
         response = respond(engine, result)
     except ServiceError as exc:
-        engine.request_finished(api=api, level=exc.level, outcome=exc.outcome, arrival_s=arrival_s,
-                                deadline_met=False if exc.outcome == "expired" else None)
+        engine.request_finished(
+            api=api,
+            level=exc.level,
+            outcome=exc.outcome,
+            arrival_s=arrival_s,
+            deadline_met=False if exc.outcome == "expired" else None,
+        )
         return error_response(exc)
     except BaseException:
         engine.request_finished(api=api, level=None, outcome="error", arrival_s=arrival_s)
         raise
-    engine.request_finished(api=api, level=result.decision.level, outcome="ok", arrival_s=arrival_s,
-                            deadline_met=result.deadline_met)
+    engine.request_finished(
+        api=api, level=result.decision.level, outcome="ok", arrival_s=arrival_s, deadline_met=result.deadline_met
+    )
     return response

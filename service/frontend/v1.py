@@ -3,6 +3,7 @@
     curl --data-binary @cat.jpg -H 'Content-Type: image/jpeg' \
          'http://127.0.0.1:8000/v1/classify?latency_budget_ms=100&top_k=3'
 """
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
@@ -44,14 +45,20 @@ async def image_bytes(request: Request, *, limit: int) -> bytes:
 @router.post(
     "/v1/classify",
     summary="Classify one image at a per-request token density",
-    responses={400: {"description": "bad image or dial"}, 413: {"description": "body too large"},
-               429: {"description": "shed: cannot meet the budget (Retry-After)"},
-               503: {"description": "not ready or draining"}, 504: {"description": "deadline passed in the queue"}},
+    responses={
+        400: {"description": "bad image or dial"},
+        413: {"description": "body too large"},
+        429: {"description": "shed: cannot meet the budget (Retry-After)"},
+        503: {"description": "not ready or draining"},
+        504: {"description": "deadline passed in the queue"},
+    },
     # The dial's query parameters, from the one table that classify_request reads too.
-    openapi_extra={"parameters": [
-        {"name": name, "in": "query", "required": False, "description": text, "schema": {"type": "string"}}
-        for name, text in V1_QUERY.items()
-    ]},
+    openapi_extra={
+        "parameters": [
+            {"name": name, "in": "query", "required": False, "description": text, "schema": {"type": "string"}}
+            for name, text in V1_QUERY.items()
+        ]
+    },
 )
 async def classify(request: Request) -> JSONResponse:
     """Body: the JPEG/PNG/WebP bytes (Content-Type image/*), or multipart with a `file` field.
@@ -80,15 +87,17 @@ def _respond(engine: Engine, result: RequestResult) -> JSONResponse:
     info = engine.describe()
     level = result.decision.level
     values, indices = result.items[0].top(result.top_k)
-    return JSONResponse({
-        "model": info.name,
-        "level": level,
-        "reason": result.decision.reason,
-        "level_info": info.facts[level].as_dict(),
-        "predictions": [
-            {"index": i, "label": info.labels[i], "probability": round(v, 6)} for v, i in zip(values, indices)
-        ],
-        "timing": result.timing_ms(),
-        "deadline_met": result.deadline_met,
-        "batch_size": result.batch_size,
-    })
+    return JSONResponse(
+        {
+            "model": info.name,
+            "level": level,
+            "reason": result.decision.reason,
+            "level_info": info.facts[level].as_dict(),
+            "predictions": [
+                {"index": i, "label": info.labels[i], "probability": round(v, 6)} for v, i in zip(values, indices)
+            ],
+            "timing": result.timing_ms(),
+            "deadline_met": result.deadline_met,
+            "batch_size": result.batch_size,
+        }
+    )

@@ -4,6 +4,7 @@ Health, server and model metadata, model config (max_batch_size, dynamic_batchin
 statistics extension and infer (JSON tensors and the binary tensor data extension, the
 classification extension). Errors are {"error": "..."} with Triton's status codes.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,7 +17,13 @@ from service.errors import NotFound
 from service.frontend.body import decompress, read_body
 from service.dial import DIAL_FIELDS, parse_dial
 from service.frontend.v2_codec import (
-    HEADER_LENGTH, INPUT_IMAGE, INPUT_PIXELS, OUTPUT_PROBS, OUTPUT_TOPK, InferRequest, build_infer_response,
+    HEADER_LENGTH,
+    INPUT_IMAGE,
+    INPUT_PIXELS,
+    OUTPUT_PROBS,
+    OUTPUT_TOPK,
+    InferRequest,
+    build_infer_response,
     parse_infer_request,
 )
 
@@ -75,20 +82,22 @@ async def model_ready(request: Request, model: str, version: str | None = None) 
 @router.get("/v2/models/{model}/versions/{version}", include_in_schema=False)
 async def model_metadata(request: Request, model: str, version: str | None = None) -> JSONResponse:
     info = _model(request, model, version)
-    return JSONResponse({
-        "name": info.name,
-        "versions": [VERSION],
-        "platform": "pytorch_libtorch",
-        "inputs": [
-            {"name": INPUT_IMAGE, "datatype": "BYTES", "shape": [-1]},
-            {"name": INPUT_PIXELS, "datatype": "UINT8", "shape": [-1, *info.input_size]},
-        ],
-        "outputs": [
-            {"name": OUTPUT_PROBS, "datatype": "FP32", "shape": [-1, info.num_classes]},
-            {"name": OUTPUT_TOPK, "datatype": "INT64", "shape": [-1, -1]},
-        ],
-        "parameters": {"levels": ",".join(info.levels)},
-    })
+    return JSONResponse(
+        {
+            "name": info.name,
+            "versions": [VERSION],
+            "platform": "pytorch_libtorch",
+            "inputs": [
+                {"name": INPUT_IMAGE, "datatype": "BYTES", "shape": [-1]},
+                {"name": INPUT_PIXELS, "datatype": "UINT8", "shape": [-1, *info.input_size]},
+            ],
+            "outputs": [
+                {"name": OUTPUT_PROBS, "datatype": "FP32", "shape": [-1, info.num_classes]},
+                {"name": OUTPUT_TOPK, "datatype": "INT64", "shape": [-1, -1]},
+            ],
+            "parameters": {"levels": ",".join(info.levels)},
+        }
+    )
 
 
 @router.get("/v2/models/{model}/config", summary="Model configuration (Triton's model_configuration extension)")
@@ -96,47 +105,60 @@ async def model_metadata(request: Request, model: str, version: str | None = Non
 async def model_config(request: Request, model: str, version: str | None = None) -> JSONResponse:
     info = _model(request, model, version)
     s = request.app.state.settings
-    return JSONResponse({
-        "name": info.name,
-        "platform": "pytorch_libtorch",
-        "backend": "pytorch",
-        "max_batch_size": s.max_batch_size,
-        "input": [
-            # One encoded image per batch element: dims [1] reshaped to [] makes the shape [-1].
-            {"name": INPUT_IMAGE, "data_type": "TYPE_STRING", "dims": [1], "reshape": {"shape": []},
-             "optional": True},
-            {"name": INPUT_PIXELS, "data_type": "TYPE_UINT8", "format": "FORMAT_NCHW",
-             "dims": list(info.input_size), "optional": True},
-        ],
-        "output": [
-            {"name": OUTPUT_PROBS, "data_type": "TYPE_FP32", "dims": [info.num_classes]},
-            {"name": OUTPUT_TOPK, "data_type": "TYPE_INT64", "dims": [-1]},
-        ],
-        "dynamic_batching": {
-            "preferred_batch_size": [s.max_batch_size],
-            "max_queue_delay_microseconds": int(s.max_queue_delay_ms * 1000),
-            "preserve_ordering": False,
-            "priority_levels": 0,
-            "default_queue_policy": {
-                "timeout_action": "REJECT",
-                "default_timeout_microseconds": int(s.default_budget_ms * 1000),
-                "allow_timeout_override": True,
-                "max_queue_size": s.queue_limit,
+    return JSONResponse(
+        {
+            "name": info.name,
+            "platform": "pytorch_libtorch",
+            "backend": "pytorch",
+            "max_batch_size": s.max_batch_size,
+            "input": [
+                # One encoded image per batch element: dims [1] reshaped to [] makes the shape [-1].
+                {
+                    "name": INPUT_IMAGE,
+                    "data_type": "TYPE_STRING",
+                    "dims": [1],
+                    "reshape": {"shape": []},
+                    "optional": True,
+                },
+                {
+                    "name": INPUT_PIXELS,
+                    "data_type": "TYPE_UINT8",
+                    "format": "FORMAT_NCHW",
+                    "dims": list(info.input_size),
+                    "optional": True,
+                },
+            ],
+            "output": [
+                {"name": OUTPUT_PROBS, "data_type": "TYPE_FP32", "dims": [info.num_classes]},
+                {"name": OUTPUT_TOPK, "data_type": "TYPE_INT64", "dims": [-1]},
+            ],
+            "dynamic_batching": {
+                "preferred_batch_size": [s.max_batch_size],
+                "max_queue_delay_microseconds": int(s.max_queue_delay_ms * 1000),
+                "preserve_ordering": False,
+                "priority_levels": 0,
+                "default_queue_policy": {
+                    "timeout_action": "REJECT",
+                    "default_timeout_microseconds": int(s.default_budget_ms * 1000),
+                    "allow_timeout_override": True,
+                    "max_queue_size": s.queue_limit,
+                },
             },
-        },
-        "instance_group": [{"name": info.name, "kind": "KIND_GPU" if info.device == "cuda" else "KIND_CPU",
-                            "count": 1}],
-        "parameters": {
-            "levels": {"string_value": ",".join(info.levels)},
-            "policy": {"string_value": s.policy},
-            "safety_margin": {"string_value": str(s.safety_margin)},
-            "degrade_from": {"string_value": str(s.degrade_from)},
-            "max_utilization": {"string_value": str(s.max_utilization)},
-            "overload_wait_share": {"string_value": str(s.overload_wait_share)},
-            "ladder": {"string_value": ",".join(info.ladder)},
-            "level_card": {"string_value": "yes" if info.has_card else "no"},
-        },
-    })
+            "instance_group": [
+                {"name": info.name, "kind": "KIND_GPU" if info.device == "cuda" else "KIND_CPU", "count": 1}
+            ],
+            "parameters": {
+                "levels": {"string_value": ",".join(info.levels)},
+                "policy": {"string_value": s.policy},
+                "safety_margin": {"string_value": str(s.safety_margin)},
+                "degrade_from": {"string_value": str(s.degrade_from)},
+                "max_utilization": {"string_value": str(s.max_utilization)},
+                "overload_wait_share": {"string_value": str(s.overload_wait_share)},
+                "ladder": {"string_value": ",".join(info.ladder)},
+                "level_card": {"string_value": "yes" if info.has_card else "no"},
+            },
+        }
+    )
 
 
 @router.get("/v2/models/{model}/stats", summary="Model statistics (statistics extension)")
@@ -158,12 +180,13 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
         info = _model(request, model, version)
         limit = settings.max_body_bytes
         body = decompress(await read_body(request, limit=limit), request.headers.get("content-encoding"), limit=limit)
-        req = state["request"] = parse_infer_request(body, request.headers.get(HEADER_LENGTH),
-                                                     input_size=info.input_size,
-                                                     max_batch_size=settings.max_batch_size)
+        req = state["request"] = parse_infer_request(
+            body, request.headers.get(HEADER_LENGTH), input_size=info.input_size, max_batch_size=settings.max_batch_size
+        )
         p = req.parameters
-        dial = parse_dial(**{name: p.get(name) for name in DIAL_FIELDS}, timeout_us=p.get("timeout"),
-                          num_classes=info.num_classes)
+        dial = parse_dial(
+            **{name: p.get(name) for name in DIAL_FIELDS}, timeout_us=p.get("timeout"), num_classes=info.num_classes
+        )
         if req.input_name == INPUT_IMAGE:
             images = await request.app.state.decoder.decode_many(req.images)
         else:
@@ -195,6 +218,6 @@ def _infer_response(engine: Engine, req: InferRequest, result: RequestResult) ->
         if facts[key] is not None:
             parameters[key] = facts[key]
     body, headers, media_type = build_infer_response(
-        model_name=info.name, request=req, probs=probs, top_k_indices=top, labels=info.labels,
-        parameters=parameters)
+        model_name=info.name, request=req, probs=probs, top_k_indices=top, labels=info.labels, parameters=parameters
+    )
     return Response(body, headers=headers, media_type=media_type)

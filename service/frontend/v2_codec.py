@@ -11,6 +11,7 @@ output into BYTES [N, count] of "value:index:label" strings, highest first.
 
 Pure functions: no I/O, no model, so the protocol is tested byte for byte.
 """
+
 from __future__ import annotations
 
 import base64
@@ -82,8 +83,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:n], body[n:]
 
 
-def parse_infer_request(body: bytes, header_length: str | None, *, input_size: tuple[int, int, int],
-                        max_batch_size: int) -> InferRequest:
+def parse_infer_request(
+    body: bytes, header_length: str | None, *, input_size: tuple[int, int, int], max_batch_size: int
+) -> InferRequest:
     """Validate and decode an infer body. Raises BadRequest with Triton-like messages."""
     head, tail = split_body(body, header_length)
     try:
@@ -99,14 +101,17 @@ def parse_infer_request(body: bytes, header_length: str | None, *, input_size: t
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest("the request has no 'inputs'")
     if len(inputs) != 1:
-        raise BadRequest(f"expected exactly one input ({INPUT_IMAGE!r} BYTES or {INPUT_PIXELS!r} UINT8), got {len(inputs)}")
+        raise BadRequest(
+            f"expected exactly one input ({INPUT_IMAGE!r} BYTES or {INPUT_PIXELS!r} UINT8), got {len(inputs)}"
+        )
     spec = inputs[0]
     if not isinstance(spec, dict):
         raise BadRequest("each input must be a JSON object")
     name, shape, datatype = spec.get("name"), spec.get("shape"), spec.get("datatype")
     if name not in (INPUT_IMAGE, INPUT_PIXELS):
-        raise BadRequest(f"unexpected inference input {name!r}: the model takes {INPUT_IMAGE!r} (BYTES) "
-                         f"or {INPUT_PIXELS!r} (UINT8)")
+        raise BadRequest(
+            f"unexpected inference input {name!r}: the model takes {INPUT_IMAGE!r} (BYTES) or {INPUT_PIXELS!r} (UINT8)"
+        )
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise BadRequest(f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
     expected_type = "BYTES" if name == INPUT_IMAGE else "UINT8"
@@ -142,8 +147,9 @@ def _binary_part(spec: dict, tail: bytes, name: str) -> bytes | None:
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer, got {size!r}")
     if size != len(tail):
-        raise BadRequest(f"input {name!r}: binary_data_size is {size} but {len(tail)} bytes of binary data follow "
-                         f"the header")
+        raise BadRequest(
+            f"input {name!r}: binary_data_size is {size} but {len(tail)} bytes of binary data follow the header"
+        )
     if "data" in spec:
         raise BadRequest(f"input {name!r} has both JSON 'data' and binary data")
     return tail
@@ -178,12 +184,15 @@ def _b64(x) -> bytes:
     try:
         return base64.b64decode(x, validate=True)
     except (binascii.Error, ValueError):
-        raise BadRequest(f"input {INPUT_IMAGE!r}: JSON BYTES elements must be base64-encoded images "
-                         f"(or send them with the binary data extension)") from None
+        raise BadRequest(
+            f"input {INPUT_IMAGE!r}: JSON BYTES elements must be base64-encoded images "
+            f"(or send them with the binary data extension)"
+        ) from None
 
 
-def _pixels_input(shape: list[int], raw: bytes | None, data, input_size: tuple[int, int, int],
-                  max_batch_size: int) -> torch.Tensor:
+def _pixels_input(
+    shape: list[int], raw: bytes | None, data, input_size: tuple[int, int, int], max_batch_size: int
+) -> torch.Tensor:
     if len(shape) != 4 or tuple(shape[1:]) != tuple(input_size):
         want = [-1, *input_size]
         raise BadRequest(f"unexpected shape for input {INPUT_PIXELS!r}: expected {want}, got {shape}")
@@ -254,7 +263,7 @@ def deserialize_bytes(raw: bytes) -> list[bytes]:
         offset += 4
         if offset + n > len(raw):
             raise BadRequest(f"binary BYTES element claims {n} bytes but only {len(raw) - offset} remain")
-        items.append(raw[offset:offset + n])
+        items.append(raw[offset : offset + n])
         offset += n
     return items
 
@@ -265,8 +274,15 @@ def classification_strings(values: torch.Tensor, indices: torch.Tensor, labels: 
     return [[f"{v:f}:{i}:{labels[i]}" for v, i in zip(vs, ix)] for vs, ix in zip(values.tolist(), indices.tolist())]
 
 
-def build_infer_response(*, model_name: str, request: InferRequest, probs: torch.Tensor, top_k_indices: torch.Tensor,
-                         labels: list[str], parameters: dict) -> tuple[bytes, dict[str, str], str]:
+def build_infer_response(
+    *,
+    model_name: str,
+    request: InferRequest,
+    probs: torch.Tensor,
+    top_k_indices: torch.Tensor,
+    labels: list[str],
+    parameters: dict,
+) -> tuple[bytes, dict[str, str], str]:
     """(body, headers, media type) for a served request."""
     wanted = request.outputs if request.outputs is not None else [RequestedOutput(name=n) for n in OUTPUTS]
     header_outputs, blobs = [], []

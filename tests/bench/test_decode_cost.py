@@ -10,8 +10,23 @@ def test_decode_cost_reports_decode_and_every_level(tmp_path, capsys):
     from bench.decode_cost import main
 
     Image.new("RGB", (64, 48), (120, 30, 200)).save(tmp_path / "a.jpg")
-    assert main(["--model", "vit_tiny_test", "--images", str(tmp_path), "--count", "1", "--batch-size", "2",
-                 "--repeats", "1"]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                "vit_tiny_test",
+                "--images",
+                str(tmp_path),
+                "--count",
+                "1",
+                "--batch-size",
+                "2",
+                "--repeats",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "CPU ms per photo" in out and "model dense" in out and out.count("CPU ms per image") >= 2
 

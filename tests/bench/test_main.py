@@ -11,8 +11,27 @@ from bench.__main__ import main
 
 def test_cli_writes_json_and_markdown(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["model", "--model", "vit_tiny_test", "--device", "cpu", "--precision", "fp32", "--batch-sizes", "1",
-               "--levels", "l070", "--min-time-s", "0", "--max-calls", "1", "--out", str(out)])
+    rc = main(
+        [
+            "model",
+            "--model",
+            "vit_tiny_test",
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            "--batch-sizes",
+            "1",
+            "--levels",
+            "l070",
+            "--min-time-s",
+            "0",
+            "--max-calls",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["command"].startswith("python -m bench model") and doc["settings"]["levels"] == ["l070"]
@@ -20,7 +39,9 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys):
 
 
 def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, capsys):
-    rc = main(["model", "--model", "vit_tiny_test", "--device", "cpu", "--levels", "l999", "--out", str(tmp_path / "x")])
+    rc = main(
+        ["model", "--model", "vit_tiny_test", "--device", "cpu", "--levels", "l999", "--out", str(tmp_path / "x")]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("bench model: KeyError") and "l999" in err[-1]
     with pytest.raises(SystemExit) as exc:

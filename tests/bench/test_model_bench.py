@@ -14,7 +14,8 @@ def test_model_bench_measures_every_cell_and_utilization(model_result):
     r = model_result
     assert r["environment"]["device"] == "cpu" and r["environment"]["torch"] == torch.__version__
     assert {(t["mode"], t["level"], t["batch"]) for t in r["throughput"]} == {
-        ("eager", lv, b) for lv in ("dense", "l050") for b in (1, 2)}
+        ("eager", lv, b) for lv in ("dense", "l050") for b in (1, 2)
+    }
     assert {(t["mode"], t["level"]) for t in r["latency"]} == {("eager", "dense"), ("eager", "l050")}
     assert r["cuda_graphs"] is None and any("CUDA graphs skipped" in n for n in r["notes"])
     assert all(t["calls"] == 2 for t in r["throughput"])  # one call per cell in each of 2 passes

@@ -37,8 +37,14 @@ def _fake_assets(root, per_set: int):
 
 def test_precision_bench_compares_every_level_with_fp32(tmp_path):
     _fake_assets(tmp_path, per_set=3)
-    cfg = PrecisionBenchConfig(model="vit_tiny_test", device="cpu", precisions=("bf16", "bf16-head16"),
-                               images_per_set=2, batch_size=2, assets=str(tmp_path))
+    cfg = PrecisionBenchConfig(
+        model="vit_tiny_test",
+        device="cpu",
+        precisions=("bf16", "bf16-head16"),
+        images_per_set=2,
+        batch_size=2,
+        assets=str(tmp_path),
+    )
     r = run_precision_bench(cfg)
     assert r["images"] == {s: 2 for s in IMAGE_SETS}
     n_levels = len(load_model("vit_tiny_test").levels)
@@ -57,5 +63,6 @@ def test_precision_bench_without_assets_or_with_a_bad_variant_says_why(tmp_path)
         run_precision_bench(PrecisionBenchConfig(model="vit_tiny_test", device="cpu", assets=str(tmp_path)))
     _fake_assets(tmp_path, per_set=1)
     with pytest.raises(ValueError, match="bf16-head16"):
-        run_precision_bench(PrecisionBenchConfig(model="vit_tiny_test", device="cpu", precisions=("bf16-x",),
-                                                 assets=str(tmp_path)))
+        run_precision_bench(
+            PrecisionBenchConfig(model="vit_tiny_test", device="cpu", precisions=("bf16-x",), assets=str(tmp_path))
+        )

@@ -46,12 +46,31 @@ def test_split_cpu_separates_the_event_loop_and_counts_new_threads_from_zero():
 
 
 def test_markdown_names_machine_command_and_ceiling():
-    cost = CaseCost(variant="this", api="v2", payload="uint8", requests=100, ok=99, event_loop_ms=2.0,
-                    event_loop_sys_ms=0.25, other_threads_ms=30.0, client_ms=0.5)
+    cost = CaseCost(
+        variant="this",
+        api="v2",
+        payload="uint8",
+        requests=100,
+        ok=99,
+        event_loop_ms=2.0,
+        event_loop_sys_ms=0.25,
+        other_threads_ms=30.0,
+        client_ms=0.5,
+    )
     assert cost.ceiling_rps == 500.0
-    doc = {"measured_utc": "2026-12-01 20:00 UTC", "cpu": "Test CPU", "model": "m", "level": "l040", "rate_rps": 20.0,
-           "duration_s": 10.0, "warmup_s": 1.0, "settings": {}, "commit": "abc1234",
-           "command": "python -m bench.request_cost", "cases": [cost.__dict__]}
+    doc = {
+        "measured_utc": "2026-12-01 20:00 UTC",
+        "cpu": "Test CPU",
+        "model": "m",
+        "level": "l040",
+        "rate_rps": 20.0,
+        "duration_s": 10.0,
+        "warmup_s": 1.0,
+        "settings": {},
+        "commit": "abc1234",
+        "command": "python -m bench.request_cost",
+        "cases": [cost.__dict__],
+    }
     text = markdown(doc)
     assert "**Test CPU**" in text and "`python -m bench.request_cost`" in text and "abc1234" in text
     assert "| this | v2 | uint8 | 99/100 | 2.00 | 0.25 | 30.0 | 0.50 | 500 |" in text
@@ -60,32 +79,63 @@ def test_markdown_names_machine_command_and_ceiling():
 
 def test_rounds_are_summarized_by_their_median_per_variant_and_case():
     def cost(variant, loop_ms, ok=10):
-        return CaseCost(variant=variant, api="v2", payload="uint8", requests=10, ok=ok, event_loop_ms=loop_ms,
-                        event_loop_sys_ms=0.1, other_threads_ms=20.0, client_ms=0.5)
+        return CaseCost(
+            variant=variant,
+            api="v2",
+            payload="uint8",
+            requests=10,
+            ok=ok,
+            event_loop_ms=loop_ms,
+            event_loop_sys_ms=0.1,
+            other_threads_ms=20.0,
+            client_ms=0.5,
+        )
 
-    costs = [cost("base", 2.0), cost("new", 1.0), cost("base", 3.0), cost("new", 1.5, ok=9), cost("base", 2.5),
-             cost("new", 9.0)]
+    costs = [
+        cost("base", 2.0),
+        cost("new", 1.0),
+        cost("base", 3.0),
+        cost("new", 1.5, ok=9),
+        cost("base", 2.5),
+        cost("new", 9.0),
+    ]
     by_variant = {c.variant: c for c in median_costs(costs)}
     assert by_variant["base"].event_loop_ms == 2.5 and by_variant["new"].event_loop_ms == 1.5
     assert by_variant["new"].requests == 30 and by_variant["new"].ok == 29
-    doc = {"measured_utc": "t", "cpu": "c", "model": "m", "level": "l040", "rate_rps": 20.0, "duration_s": 10.0,
-           "warmup_s": 1.0, "settings": {}, "commit": "x", "command": "cmd", "rounds": 3,
-           "cases": [c.__dict__ for c in costs],
-           "variants": [{"name": "base", "root": "/tmp/wt", "settings": {}, "commit": "abc1234"},
-                        {"name": "new", "root": None, "settings": {}}]}
+    doc = {
+        "measured_utc": "t",
+        "cpu": "c",
+        "model": "m",
+        "level": "l040",
+        "rate_rps": 20.0,
+        "duration_s": 10.0,
+        "warmup_s": 1.0,
+        "settings": {},
+        "commit": "x",
+        "command": "cmd",
+        "rounds": 3,
+        "cases": [c.__dict__ for c in costs],
+        "variants": [
+            {"name": "base", "root": "/tmp/wt", "settings": {}, "commit": "abc1234"},
+            {"name": "new", "root": None, "settings": {}},
+        ],
+    }
     text = markdown(doc)
     assert "3 rounds with the servers taking turns, medians" in text
     assert "| base | v2 | uint8 | 30/30 | 2.50 |" in text and "| new | v2 | uint8 | 29/30 | 1.50 |" in text
     assert "- `base`: checkout /tmp/wt (commit abc1234), settings {}\n- `new`: this checkout" in text
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--cases", "v3:png"], "unknown case(s) v3:png"),
-    (["--rate", "0"], "--rate and --duration-s must be > 0"),
-    (["--setting", "NOEQUALS"], "--setting takes KEY=VALUE"),
-    (["--variant", "a:X=1", "--variant", "a:X=2"], "variant names distinct"),
-    (["--variant", "old@/nonexistent:"], "is not a checkout"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--cases", "v3:png"], "unknown case(s) v3:png"),
+        (["--rate", "0"], "--rate and --duration-s must be > 0"),
+        (["--setting", "NOEQUALS"], "--setting takes KEY=VALUE"),
+        (["--variant", "a:X=1", "--variant", "a:X=2"], "variant names distinct"),
+        (["--variant", "old@/nonexistent:"], "is not a checkout"),
+    ],
+)
 def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -96,9 +146,30 @@ def test_short_run_against_a_real_server(tmp_path):
     out = tmp_path / "cost.json"
     docs = tmp_path / "bench.md"
     docs.write_text("# bench\n<!-- request-cost:begin -->\nold\n<!-- request-cost:end -->\n")
-    code = main(["--model", "vit_tiny_test", "--level", "l050", "--cases", "v2:uint8,v1:jpeg", "--rate", "20",
-                 "--duration-s", "1.5", "--warmup-s", "0.5", "--images", str(tmp_path / "none"),
-                 "--setting", "MAX_BATCH_SIZE=4", "--out", str(out), "--docs", str(docs)])
+    code = main(
+        [
+            "--model",
+            "vit_tiny_test",
+            "--level",
+            "l050",
+            "--cases",
+            "v2:uint8,v1:jpeg",
+            "--rate",
+            "20",
+            "--duration-s",
+            "1.5",
+            "--warmup-s",
+            "0.5",
+            "--images",
+            str(tmp_path / "none"),
+            "--setting",
+            "MAX_BATCH_SIZE=4",
+            "--out",
+            str(out),
+            "--docs",
+            str(docs),
+        ]
+    )
     assert code == 0
     doc = json.loads(out.read_text())
     assert [(c["api"], c["payload"]) for c in doc["cases"]] == [("v2", "uint8"), ("v1", "jpeg")]
@@ -114,9 +185,32 @@ def test_short_run_against_a_real_server(tmp_path):
 
 def test_variants_take_turns_on_paused_servers(tmp_path):
     out = tmp_path / "cost.json"
-    code = main(["--model", "vit_tiny_test", "--level", "l050", "--cases", "v2:uint8", "--rate", "20",
-                 "--duration-s", "1", "--warmup-s", "0", "--images", str(tmp_path / "none"), "--rounds", "2",
-                 "--variant", "a:MAX_BATCH_SIZE=2", "--variant", "b:MAX_BATCH_SIZE=4", "--out", str(out)])
+    code = main(
+        [
+            "--model",
+            "vit_tiny_test",
+            "--level",
+            "l050",
+            "--cases",
+            "v2:uint8",
+            "--rate",
+            "20",
+            "--duration-s",
+            "1",
+            "--warmup-s",
+            "0",
+            "--images",
+            str(tmp_path / "none"),
+            "--rounds",
+            "2",
+            "--variant",
+            "a:MAX_BATCH_SIZE=2",
+            "--variant",
+            "b:MAX_BATCH_SIZE=4",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     doc = json.loads(out.read_text())
     assert [c["variant"] for c in doc["cases"]] == ["a", "b", "a", "b"]

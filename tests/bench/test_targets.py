@@ -11,8 +11,11 @@ def test_targets_are_computed_from_measured_cells(model_result):
     # The CPU fixture measures batches 1 and 2 eager: no batch >= 64 and no graphs, so the
     # model checks are empty; a copy relabelled as batch 64 yields one speed-up check.
     assert model_checks(model_result) == []
-    relabelled = {**model_result, "settings": {**model_result["settings"], "batch_sizes": (64,)},
-                  "throughput": [{**t, "batch": 64} for t in model_result["throughput"] if t["batch"] == 2]}
+    relabelled = {
+        **model_result,
+        "settings": {**model_result["settings"], "batch_sizes": (64,)},
+        "throughput": [{**t, "batch": 64} for t in model_result["throughput"] if t["batch"] == 2],
+    }
     (check,) = model_checks(relabelled)
     by = {t["level"]: t["images_per_s"] for t in relabelled["throughput"]}
     ideal = model_result["levels"]["dense"]["gflops"] / model_result["levels"]["l050"]["gflops"]

@@ -30,20 +30,36 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "gpu-off": {"gpu": {"enabled": False}, "config": {"device": "cpu", "precision": "fp32"}},
     "autoscaling": {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6}},
-    "pvc-weights": {"weights": {"source": "pvc",
-                                "pvc": {"existingClaim": "sait-weights", "path": "deit/model.safetensors"}}},
+    "pvc-weights": {
+        "weights": {"source": "pvc", "pvc": {"existingClaim": "sait-weights", "path": "deit/model.safetensors"}}
+    },
     "hf-cache-claim": {"weights": {"hfCache": {"existingClaim": "hf-cache", "offline": True}}},
-    "ingress": {"ingress": {"enabled": True, "className": "nginx",
-                            "hosts": [{"host": "sait.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
-                            "tls": [{"secretName": "sait-tls", "hosts": ["sait.example.com"]}]}},
+    "ingress": {
+        "ingress": {
+            "enabled": True,
+            "className": "nginx",
+            "hosts": [{"host": "sait.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
+            "tls": [{"secretName": "sait-tls", "hosts": ["sait.example.com"]}],
+        }
+    },
     "service-monitor": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus"}}},
-    "scheduling": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                   "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "inference",
-                                    "effect": "NoSchedule"}],
-                   "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
-                       {"weight": 100, "podAffinityTerm": {
-                           "topologyKey": "kubernetes.io/hostname",
-                           "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "sait-serve"}}}}]}}},
+    "scheduling": {
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "inference", "effect": "NoSchedule"}],
+        "affinity": {
+            "podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 100,
+                        "podAffinityTerm": {
+                            "topologyKey": "kubernetes.io/hostname",
+                            "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "sait-serve"}},
+                        },
+                    }
+                ]
+            }
+        },
+    },
 }
 
 # Metric names in PromQL: the service's own (sait_*) and recording rules (sait:*).
@@ -117,8 +133,10 @@ def contract_metrics() -> dict[str, tuple[str, set[str]]]:
     """docs/contract.md's metrics table: {family: (type, labels)}."""
     rows = re.findall(r"^\| `(sait_\w+)` \| (\w+) \|(.*)\|$", (REPO / "docs" / "contract.md").read_text(), re.M)
     # prometheus-client names a counter's family without `_total` and its sample with it.
-    return {name.removesuffix("_total") if kind == "counter" else name: (kind, set(re.findall(r"`(\w+)`", labels)))
-            for name, kind, labels in rows}
+    return {
+        name.removesuffix("_total") if kind == "counter" else name: (kind, set(re.findall(r"`(\w+)`", labels)))
+        for name, kind, labels in rows
+    }
 
 
 def contract_settings() -> set[str]:
@@ -154,18 +172,20 @@ def simulated_pod_scrape_config(*, address: str, namespace: str, pod: str) -> di
     port = address.rsplit(":", 1)[1]
     (job,) = config["scrape_configs"]
     del job["kubernetes_sd_configs"]
-    job["static_configs"] = [{
-        # Discovery reports the pod IP with the first container port; the relabelling
-        # replaces the port with the prometheus.io/port annotation's.
-        "targets": [f"{host}:1"],
-        "labels": {
-            "__meta_kubernetes_namespace": namespace,
-            "__meta_kubernetes_pod_name": pod,
-            "__meta_kubernetes_pod_label_app_kubernetes_io_name": "sait-serve",
-            "__meta_kubernetes_pod_annotation_prometheus_io_scrape": "true",
-            "__meta_kubernetes_pod_annotation_prometheus_io_port": port,
-            "__meta_kubernetes_pod_annotation_prometheus_io_path": "/metrics",
-        },
-    }]
+    job["static_configs"] = [
+        {
+            # Discovery reports the pod IP with the first container port; the relabelling
+            # replaces the port with the prometheus.io/port annotation's.
+            "targets": [f"{host}:1"],
+            "labels": {
+                "__meta_kubernetes_namespace": namespace,
+                "__meta_kubernetes_pod_name": pod,
+                "__meta_kubernetes_pod_label_app_kubernetes_io_name": "sait-serve",
+                "__meta_kubernetes_pod_annotation_prometheus_io_scrape": "true",
+                "__meta_kubernetes_pod_annotation_prometheus_io_port": port,
+                "__meta_kubernetes_pod_annotation_prometheus_io_path": "/metrics",
+            },
+        }
+    ]
     config["rule_files"] = [str(RULES_DIR / "*.yml")]
     return config

@@ -11,8 +11,22 @@ import typing
 
 import pytest
 import yaml
-from deploy_support import (CHART_DIR, DEPLOY, KSERVE, METRIC_RE, REPO, SCENARIOS, TARGET_LABELS, container,
-                      contract_metrics, load_yaml_docs, one, promql_sources, sample_names, selectors)
+from deploy_support import (
+    CHART_DIR,
+    DEPLOY,
+    KSERVE,
+    METRIC_RE,
+    REPO,
+    SCENARIOS,
+    TARGET_LABELS,
+    container,
+    contract_metrics,
+    load_yaml_docs,
+    one,
+    promql_sources,
+    sample_names,
+    selectors,
+)
 
 settings_module = pytest.importorskip("service.settings", reason="service not yet landed")
 Settings = settings_module.Settings
@@ -32,8 +46,9 @@ def deployment_env_names(render) -> dict[str, set[str]]:
         names[f"chart[{scenario}]"] = env
     kserve = load_yaml_docs(KSERVE)
     runtime, isvc = one(kserve, "ServingRuntime"), one(kserve, "InferenceService")
-    names["kserve"] = ({e["name"] for e in runtime["spec"]["containers"][0]["env"]}
-                       | {e["name"] for e in isvc["spec"]["predictor"]["model"]["env"]})
+    names["kserve"] = {e["name"] for e in runtime["spec"]["containers"][0]["env"]} | {
+        e["name"] for e in isvc["spec"]["predictor"]["model"]["env"]
+    }
     names["Dockerfile"] = set(re.findall(r"\b(SAIT_[A-Z_]+)=", (REPO / "Dockerfile").read_text()))
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     names["compose"] = set(compose["services"]["sait-serve"]["environment"])
@@ -95,7 +110,9 @@ def test_probe_paths_are_routes_of_the_app(render):
 
 def service_metric_families() -> dict[str, tuple[str, set[str]]]:
     """{family: (type, label names)} registered by service/engine/metrics.py's Metrics."""
-    metrics_module = pytest.importorskip("service.engine.metrics", reason="service not yet landed (service.engine.metrics)")
+    metrics_module = pytest.importorskip(
+        "service.engine.metrics", reason="service not yet landed (service.engine.metrics)"
+    )
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics import MetricWrapperBase
 

@@ -19,8 +19,18 @@ from typing import Any, Callable
 
 import pytest
 import yaml
-from deploy_support import (ADAPTER_VALUES, METRIC_RE, REPO, container, dashboard_exprs, grafana_to_promql,
-                            one, recorded_names, simulated_pod_scrape_config, tool)
+from deploy_support import (
+    ADAPTER_VALUES,
+    METRIC_RE,
+    REPO,
+    container,
+    dashboard_exprs,
+    grafana_to_promql,
+    one,
+    recorded_names,
+    simulated_pod_scrape_config,
+    tool,
+)
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("service.frontend.app", reason="service not yet landed (service.frontend.app)")
@@ -61,10 +71,16 @@ class PrometheusServer:
     def start(self) -> PrometheusServer:
         log = (self.workdir / "prometheus.log").open("wb")
         self.proc = subprocess.Popen(
-            [tool("prometheus"), f"--config.file={self.config_path}",
-             f"--storage.tsdb.path={self.workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=log, stderr=subprocess.STDOUT)
+            [
+                tool("prometheus"),
+                f"--config.file={self.config_path}",
+                f"--storage.tsdb.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         wait_for(self._ready, timeout_s=30, what="Prometheus /-/ready")
         return self
@@ -124,8 +140,9 @@ def send_burst(url: str, *, requests: int, concurrency: int) -> int:
 
     def one(i: int) -> int:
         with httpx.Client(base_url=url, timeout=30) as client:
-            response = client.post("/v1/classify", content=images[i % len(images)],
-                                   headers={"content-type": "image/jpeg"})
+            response = client.post(
+                "/v1/classify", content=images[i % len(images)], headers={"content-type": "image/jpeg"}
+            )
             return response.status_code
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
@@ -138,9 +155,12 @@ def adapter_query() -> str:
     """The PromQL prometheus-adapter sends for the HPA's metric, for this test's pod."""
     (rule,) = yaml.safe_load(ADAPTER_VALUES.read_text())["rules"]["custom"]
     (series,) = METRIC_RE.findall(rule["seriesQuery"])
-    return (rule["metricsQuery"].replace("<<.Series>>", series)
-            .replace("<<.LabelMatchers>>", f'namespace="{NAMESPACE}",pod=~"{POD}"')
-            .replace("<<.GroupBy>>", "pod"))
+    return (
+        rule["metricsQuery"]
+        .replace("<<.Series>>", series)
+        .replace("<<.LabelMatchers>>", f'namespace="{NAMESPACE}",pod=~"{POD}"')
+        .replace("<<.GroupBy>>", "pod")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +170,17 @@ def stack(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("e2e")
     service = server_module.ServerProcess(
         # fixed:dense keeps one level series, so the warm-up burst creates every series.
-        settings={"MODEL": "vit_tiny_test", "DEVICE": "cpu", "DRAIN_TIMEOUT_S": "2",
-                  "POLICY": "fixed:dense", "MAX_QUEUE_DELAY_MS": "5", "MAX_BATCH_SIZE": "8"},
-        ready_timeout_s=120, log_path=workdir / "service.log")
+        settings={
+            "MODEL": "vit_tiny_test",
+            "DEVICE": "cpu",
+            "DRAIN_TIMEOUT_S": "2",
+            "POLICY": "fixed:dense",
+            "MAX_QUEUE_DELAY_MS": "5",
+            "MAX_BATCH_SIZE": "8",
+        },
+        ready_timeout_s=120,
+        log_path=workdir / "service.log",
+    )
     config = simulated_pod_scrape_config(address=f"127.0.0.1:{service.port}", namespace=NAMESPACE, pod=POD)
     # Short intervals keep the test within seconds; everything else is the repository's.
     config["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
@@ -195,8 +223,9 @@ def test_traffic_moves_the_metrics_and_the_hpa_signal(stack):
     count_expr = f"sum(sait_queue_duration_seconds_count{SELECTOR})"
     assert send_burst(service.url, requests=1, concurrency=1) == 1
     wait_for(lambda: prometheus.scalar(count_expr), timeout_s=15, what="the warm-up request to be scraped")
-    wait_for(lambda: prometheus.scalar(HPA_RULE + SELECTOR) is not None, timeout_s=10,
-             what=f"{HPA_RULE} to be evaluated")
+    wait_for(
+        lambda: prometheus.scalar(HPA_RULE + SELECTOR) is not None, timeout_s=10, what=f"{HPA_RULE} to be evaluated"
+    )
     assert prometheus.scalar(HPA_RULE + SELECTOR) == 0.0
 
     requests_expr = f'sum(sait_requests_total{{namespace="{NAMESPACE}",pod="{POD}",outcome="ok"}})'
@@ -204,21 +233,24 @@ def test_traffic_moves_the_metrics_and_the_hpa_signal(stack):
     ok = send_burst(service.url, requests=48, concurrency=8)
     assert ok > 0
     # Counters move by exactly what the client saw answered.
-    wait_for(lambda: prometheus.scalar(requests_expr) >= before + ok, timeout_s=15,
-             what=f"sait_requests_total to grow by {ok}")
+    wait_for(
+        lambda: prometheus.scalar(requests_expr) >= before + ok,
+        timeout_s=15,
+        what=f"sait_requests_total to grow by {ok}",
+    )
     assert prometheus.scalar(requests_expr) == before + ok
 
     # The recording rule behind the HPA moves from 0 to the mean queue wait of the burst.
-    queue_wait = wait_for(lambda: prometheus.scalar(HPA_RULE + SELECTOR), timeout_s=15,
-                          what=f"{HPA_RULE} > 0")
+    queue_wait = wait_for(lambda: prometheus.scalar(HPA_RULE + SELECTOR), timeout_s=15, what=f"{HPA_RULE} > 0")
     assert 0 < queue_wait < 30 and math.isfinite(queue_wait)
     # prometheus-adapter's query for the HPA returns it for this pod.
     served = prometheus.query(adapter_query())
     assert [s["metric"] for s in served] == [{"pod": POD}]
     assert float(served[0]["value"][1]) > 0
 
-    goodput = wait_for(lambda: prometheus.scalar(f"sait:goodput:rate1m{SELECTOR}"), timeout_s=10,
-                       what="sait:goodput:rate1m > 0")
+    goodput = wait_for(
+        lambda: prometheus.scalar(f"sait:goodput:rate1m{SELECTOR}"), timeout_s=10, what="sait:goodput:rate1m > 0"
+    )
     assert goodput > 0
     attainment = prometheus.scalar(f'sait:deadline_attainment:ratio_rate5m{{namespace="{NAMESPACE}"}}')
     assert attainment is not None and 0 < attainment <= 1
@@ -261,10 +293,13 @@ def test_helm_test_hook_passes_against_the_running_service(stack, render):
     (hook,) = [o for o in objects if o["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
     (c,) = hook["spec"]["containers"]
     assert c["command"] == ["python", "-c"]
-    service_dns = f'http://{one(objects, "Service")["metadata"]["name"]}:{one(objects, "Service")["spec"]["ports"][0]["port"]}'
+    service_dns = (
+        f"http://{one(objects, 'Service')['metadata']['name']}:{one(objects, 'Service')['spec']['ports'][0]['port']}"
+    )
     script = c["args"][0]
     assert service_dns in script
-    result = subprocess.run([sys.executable, "-c", script.replace(service_dns, service.url)],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-c", script.replace(service_dns, service.url)], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     assert "ready: vit_tiny_test" in result.stdout

@@ -18,9 +18,22 @@ YAMLLINT_CONFIG = Path(__file__).with_name("yamllint.yml")
 def test_yamllint_is_clean():
     pytest.importorskip("yamllint")
     targets = [DEPLOY, REPO / "helm" / "values.yaml", REPO / "helm" / "Chart.yaml"]
-    result = subprocess.run([sys.executable, "-m", "yamllint", "--strict", "-f", "parsable",
-                             "-c", str(YAMLLINT_CONFIG), *map(str, targets)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "yamllint",
+            "--strict",
+            "-f",
+            "parsable",
+            "-c",
+            str(YAMLLINT_CONFIG),
+            *map(str, targets),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -31,9 +44,16 @@ def test_dashboard_is_grafana_json_with_unique_panels():
     assert len(ids) == len(set(ids))
     titles = {p["title"] for p in dash["panels"]}
     # What the dashboard is for (issue 5): each must have a panel.
-    for needed in ("Goodput", "Deadline attainment", "Requests by level (share)",
-                   "Request latency percentiles", "Mean batch size by level", "Queue depth by level",
-                   "GPU memory used", "GPU utilization"):
+    for needed in (
+        "Goodput",
+        "Deadline attainment",
+        "Requests by level (share)",
+        "Request latency percentiles",
+        "Mean batch size by level",
+        "Queue depth by level",
+        "GPU memory used",
+        "GPU utilization",
+    ):
         assert needed in titles
     for panel in dash["panels"]:
         if panel["type"] == "row":

@@ -33,8 +33,9 @@ def test_rendered_objects_validate_against_kubernetes_schemas(render, scenario):
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_helm_lint_is_clean(scenario):
     helm = pytest.importorskip("helm_python")
-    report = helm.lint(CHART_DIR, SCENARIOS[scenario], strict=True, namespace=NAMESPACE,
-                       kube_version="v" + KUBE_VERSIONS[-1])
+    report = helm.lint(
+        CHART_DIR, SCENARIOS[scenario], strict=True, namespace=NAMESPACE, kube_version="v" + KUBE_VERSIONS[-1]
+    )
     assert report["errors"] == []
     # Severity 1 is "info" (e.g. "icon is recommended"); warnings and errors fail.
     assert [m for m in report["messages"] if m["severity"] >= 2] == []

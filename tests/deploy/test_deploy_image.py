@@ -37,8 +37,7 @@ def stages() -> list[list[str]]:
 
 def test_hadolint_is_clean():
     # Default threshold: any finding, style and info included, fails.
-    result = subprocess.run([hadolint(), "--no-color", str(DOCKERFILE)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run([hadolint(), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -86,7 +85,7 @@ def test_dockerignore_keeps_weights_and_venv_out_of_the_context():
 
 def test_build_stage_copies_the_server_packages_and_not_the_tools():
     pyproject = (REPO / "pyproject.toml").read_text()
-    include = re.search(r'include = \[([^\]]*)\]', pyproject).group(1)
+    include = re.search(r"include = \[([^\]]*)\]", pyproject).group(1)
     packages = {p.strip().strip('"').rstrip("*") for p in include.split(",")}
     copied = {Path(src).name for src in re.findall(r"^COPY (?!--from)(\S+) \./\S+$", DOCKERFILE.read_text(), re.M)}
     # The image installs the runtime only: the load and benchmark tools (bench/) stay out.

@@ -7,9 +7,21 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from deploy_support import (ADAPTER_VALUES, DEPLOY, RULES_DIR, TARGET_LABELS, contract_metrics,
-                      dashboard_exprs, grafana_to_promql, promql_sources, recorded_names,
-                      sample_names, selectors, simulated_pod_scrape_config, METRIC_RE)
+from deploy_support import (
+    ADAPTER_VALUES,
+    DEPLOY,
+    RULES_DIR,
+    TARGET_LABELS,
+    contract_metrics,
+    dashboard_exprs,
+    grafana_to_promql,
+    promql_sources,
+    recorded_names,
+    sample_names,
+    selectors,
+    simulated_pod_scrape_config,
+    METRIC_RE,
+)
 
 
 def run(promtool: str, *args: str) -> subprocess.CompletedProcess:
@@ -50,8 +62,7 @@ def test_promtool_check_kubernetes_config(promtool, tmp_path):
 
 def test_dashboard_queries_are_valid_promql(promtool, tmp_path):
     # promtool parses every expression of a rule file: wrap each dashboard query in one.
-    rules = [{"record": f"dashboard:query_{i}", "expr": grafana_to_promql(e)}
-             for i, e in enumerate(dashboard_exprs())]
+    rules = [{"record": f"dashboard:query_{i}", "expr": grafana_to_promql(e)} for i, e in enumerate(dashboard_exprs())]
     path = tmp_path / "dashboard_rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = run(promtool, "check", "rules", str(path))
@@ -89,7 +100,11 @@ def test_adapter_serves_the_hpa_metric_from_a_per_pod_recording_rule():
     (series,) = METRIC_RE.findall(rule["seriesQuery"])
     assert series in recorded_names()
     assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
-    record = next(r for g in yaml.safe_load((RULES_DIR / "recording.yml").read_text())["groups"]
-                  for r in g["rules"] if r.get("record") == series)
+    record = next(
+        r
+        for g in yaml.safe_load((RULES_DIR / "recording.yml").read_text())["groups"]
+        for r in g["rules"]
+        if r.get("record") == series
+    )
     # Per pod: the adapter maps these two labels to the HPA's pods.
     assert "by (namespace, pod)" in record["expr"]

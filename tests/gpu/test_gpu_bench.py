@@ -1,4 +1,5 @@
 """The model benchmark on CUDA measures both modes and reports the capture. Needs CUDA."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,9 +15,18 @@ pytestmark = [
 
 
 def test_model_bench_compares_eager_and_graphs_on_cuda():
-    cfg = ModelBenchConfig(model="vit_tiny_test", device="cuda", precision="bf16", batch_sizes=(1, 4, 8),
-                           levels=("dense", "l050"), max_graph_batch=4, min_time_s=0.0, min_calls=2, max_calls=2,
-                           matmul_n=1024)
+    cfg = ModelBenchConfig(
+        model="vit_tiny_test",
+        device="cuda",
+        precision="bf16",
+        batch_sizes=(1, 4, 8),
+        levels=("dense", "l050"),
+        max_graph_batch=4,
+        min_time_s=0.0,
+        min_calls=2,
+        max_calls=2,
+        matmul_n=1024,
+    )
     r = run_model_bench(cfg)
     assert {t["mode"] for t in r["throughput"]} == {"eager", "graphs"}
     assert r["cuda_graphs"]["graphs"] == 2 * 3 and r["cuda_graphs"]["buckets"] == [1, 2, 4]

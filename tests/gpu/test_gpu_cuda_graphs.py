@@ -1,4 +1,5 @@
 """CUDA-graph replay equals eager, for every level and bucket; padded == unpadded. Needs CUDA."""
+
 from __future__ import annotations
 
 import pytest

@@ -2,6 +2,7 @@
 
 Needs ../shared/assets (weights in hf-cache/, imagenet-samples/, imagenet-val/); skips without.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -27,7 +28,9 @@ def decoded(assets_dir, deit_tiny):
 @pytest.mark.parametrize("name", list(SETS))
 def test_dense_top1_on_the_full_set(deit_tiny, decoded, name):
     crops, labels = decoded[name]
-    (row,) = evaluate(deit_tiny, crops, labels, levels=["dense"], batch_size=64, device=torch.device("cpu"), progress=False)
+    (row,) = evaluate(
+        deit_tiny, crops, labels, levels=["dense"], batch_size=64, device=torch.device("cpu"), progress=False
+    )
     assert row["top1"] == pytest.approx(SETS[name], abs=0.2)
 
 
@@ -35,7 +38,15 @@ def test_card_reproduces_on_a_subset(deit_tiny, decoded):
     card = LevelCard.for_model("deit_tiny_patch16_224")
     crops = torch.cat([decoded[n][0][::SUBSET_EVERY] for n in SETS])
     labels = torch.cat([decoded[n][1][::SUBSET_EVERY] for n in SETS])
-    rows = evaluate(deit_tiny, crops, labels, levels=list(deit_tiny.levels), batch_size=32, device=torch.device("cpu"), progress=False)
+    rows = evaluate(
+        deit_tiny,
+        crops,
+        labels,
+        levels=list(deit_tiny.levels),
+        batch_size=32,
+        device=torch.device("cpu"),
+        progress=False,
+    )
     for row in rows:
         entry = card.entry(row["name"])
         # ~200 images: agreement's standard error is about 0.02 at 0.93, top-1's about 3 points.

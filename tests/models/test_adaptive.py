@@ -1,4 +1,5 @@
 """Adaptive per-image density on the tiny random ViT: static shapes, batch independence, limits."""
+
 from __future__ import annotations
 
 import pytest

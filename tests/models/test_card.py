@@ -1,4 +1,5 @@
 """The committed level card for DeiT-Tiny: loads, matches the code's levels, beats the baseline."""
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,12 @@ def test_card_covers_both_evaluation_sets(card):
     dense = card.entry("dense")
     assert dense.agreement == 1.0 and dense.top1 == pytest.approx(79.83, abs=0.2)
     # The combined figures are the image-weighted mean of the two sets.
-    recombined = combine([{"model": raw["model"], "device": raw["device"], "batch_size": raw["batch_size"], "dataset": k, **v}
-                          for k, v in raw["datasets"].items()])
+    recombined = combine(
+        [
+            {"model": raw["model"], "device": raw["device"], "batch_size": raw["batch_size"], "dataset": k, **v}
+            for k, v in raw["datasets"].items()
+        ]
+    )
     assert recombined["levels"] == raw["levels"]
 
 

@@ -1,4 +1,5 @@
 """resolve_device: auto, a clear error for cuda without CUDA, nothing but cpu and cuda."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The evaluation CLI on a few generated images with the tiny random ViT."""
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,18 @@ def eval_set(tmp_path):
 
 def args(eval_set, tmp_path, *extra):
     images, labels = eval_set
-    return ["--model", TINY_TEST_MODEL, "--images", str(images), "--labels", str(labels), "--json", str(tmp_path / "out.json"), "--quiet", *extra]
+    return [
+        "--model",
+        TINY_TEST_MODEL,
+        "--images",
+        str(images),
+        "--labels",
+        str(labels),
+        "--json",
+        str(tmp_path / "out.json"),
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_all_levels_json_table_and_plot(eval_set, tmp_path, tiny_model, capsys):
@@ -100,7 +112,9 @@ def test_missing_inputs(eval_set, tmp_path, capsys):
     bad.write_text("name,label\na.jpg,1\n")
     assert main(base + ["--images", str(images), "--labels", str(bad)]) == 2
     assert "filename,class_index" in capsys.readouterr().err
-    assert main(base + ["--images", str(images), "--labels", str(labels), "--json", str(tmp_path / "no" / "o.json")]) == 2
+    assert (
+        main(base + ["--images", str(images), "--labels", str(labels), "--json", str(tmp_path / "no" / "o.json")]) == 2
+    )
     assert "output folder does not exist" in capsys.readouterr().err
 
 

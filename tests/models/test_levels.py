@@ -1,4 +1,5 @@
 """Levels: static token counts, analytic GFLOPs, names and ratios."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,7 +19,9 @@ def dense_gflops(name: str) -> float:
     return model_gflops(shape, (n,) * shape.depth, (n,) * shape.depth)
 
 
-@pytest.mark.parametrize("name, expected", [("deit_small_patch16_224", 4.6), ("deit_tiny_patch16_224", 1.3), ("deit_base_patch16_224", 17.6)])
+@pytest.mark.parametrize(
+    "name, expected", [("deit_small_patch16_224", 4.6), ("deit_tiny_patch16_224", 1.3), ("deit_base_patch16_224", 17.6)]
+)
 def test_dense_gflops_match_the_papers(name, expected):
     assert dense_gflops(name) == pytest.approx(expected, abs=0.05)
 

@@ -1,4 +1,5 @@
 """models.preprocess (uint8 crop, then normalize) equals timm's own eval transform."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Each reducer on hand-made tokens: shapes, class token kept, sizes conserved, the paper's rule."""
+
 from __future__ import annotations
 
 import pytest
@@ -45,7 +46,9 @@ def test_merging_conserves_size(reducer, keep):
     torch.testing.assert_close(out.size.sum(1), size.sum(1))
     # Size-weighted token sum is conserved by size-weighted averaging (merge, pitome).
     if reducer != "squeeze":
-        torch.testing.assert_close((out.x * out.size[..., None]).sum(1), (x * size[..., None]).sum(1), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(
+            (out.x * out.size[..., None]).sum(1), (x * size[..., None]).sum(1), rtol=1e-5, atol=1e-4
+        )
 
 
 def test_prune_keeps_the_most_attended_patches():

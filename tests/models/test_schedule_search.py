@@ -1,4 +1,5 @@
 """The schedule families of the search fit their GFLOPs targets (shapes only, no images)."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,8 +17,20 @@ def deit_shape_model():
         return SparseViT(timm.create_model("deit_tiny_patch16_224", pretrained=False))
 
 
-@pytest.mark.parametrize("spec", ["merge:2+fp", "mergegeo:3+fp", "pitome", "mergedec", "evitf", "tps", "naive",
-                                  "hyb:squeeze:2:0.85:merge+fp", "hybg:prunef:2:0.85:merge+fp"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "merge:2+fp",
+        "mergegeo:3+fp",
+        "pitome",
+        "mergedec",
+        "evitf",
+        "tps",
+        "naive",
+        "hyb:squeeze:2:0.85:merge+fp",
+        "hybg:prunef:2:0.85:merge+fp",
+    ],
+)
 @pytest.mark.parametrize("target", [0.76, 0.6])
 def test_families_fit_the_target(deit_shape_model, spec, target):
     strength, steps = fit(spec, target, deit_shape_model)
@@ -33,8 +46,15 @@ def test_naive_baseline_is_one_prune_at_block_3(deit_shape_model):
 
 def test_default_levels_are_search_schedules(deit_shape_model):
     """The committed recipes reproduce the searched schedules they were chosen from."""
-    chosen = {0.9: "merge:6+fp", 0.8: "merge:4+fp", 0.7: "mergegeo:4+fp", 0.65: "mergegeo:3+fp", 0.6: "mergegeo:3+fp", 0.5: "hybg:prunef:2:0.85:merge+fp",
-              0.4: "hybg:prunef:1:0.8:merge+fp"}
+    chosen = {
+        0.9: "merge:6+fp",
+        0.8: "merge:4+fp",
+        0.7: "mergegeo:4+fp",
+        0.65: "mergegeo:3+fp",
+        0.6: "mergegeo:3+fp",
+        0.5: "hybg:prunef:2:0.85:merge+fp",
+        0.4: "hybg:prunef:1:0.8:merge+fp",
+    }
     assert set(chosen) == set(DEFAULT_RECIPES)
     for target, spec in chosen.items():
         _, steps = fit(spec, target, deit_shape_model)

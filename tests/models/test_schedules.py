@@ -1,4 +1,5 @@
 """Schedules: the default recipes fit any ViT under their GFLOPs targets."""
+
 from __future__ import annotations
 
 import pytest

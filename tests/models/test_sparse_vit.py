@@ -1,4 +1,5 @@
 """SparseViT mechanics on the tiny random ViT: dense exactness, batch independence, static shapes."""
+
 from __future__ import annotations
 
 import pytest
@@ -47,7 +48,11 @@ def all_reducers_model(tiny_model):
         "merge_big": (ReductionStep(2, "merge", 40),),  # needs several bipartite rounds
         "pitome": tuple(ReductionStep(i, "pitome", 197 - 30 * (i + 1)) for i in range(6)),
         "pitome_big": (ReductionStep(2, "pitome", 30),),
-        "hybrid": (ReductionStep(1, "prune", 150, fuse=True), ReductionStep(3, "merge", 120), ReductionStep(4, "pitome", 90)),
+        "hybrid": (
+            ReductionStep(1, "prune", 150, fuse=True),
+            ReductionStep(3, "merge", 120),
+            ReductionStep(4, "pitome", 90),
+        ),
     }
     levels = {name: lv.schedule for name, lv in tiny_model.levels.items() if name != DENSE}
     return SparseViT(tiny_model.timm_model, schedules={**levels, **steps})

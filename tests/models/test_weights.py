@@ -1,4 +1,5 @@
 """Weights files: the two safe formats load exactly; every bad case is one clear WeightsError."""
+
 from __future__ import annotations
 
 import pickle

@@ -16,14 +16,24 @@ def test_parse_dial():
     assert parse_dial(density="l050").density == "l050"
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"latency_budget_ms": "0"}, "out of range"), ({"latency_budget_ms": "abc"}, "must be a number"),
-    ({"latency_budget_ms": "nan"}, "finite"), ({"min_accuracy": "1.2"}, "out of range"),
-    ({"density": "-1"}, "out of range"), ({"density": 0.0}, "out of range"), ({"density": 1.5}, "out of range"),
-    ({"min_accuracy": 1.5}, "out of range"), ({"density": ""}, "empty"),
-    ({"density": True}, "density"), ({"top_k": "0"}, "top_k"),
-    ({"top_k": "2.5"}, "integer"), ({"priority": -1}, "priority"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"latency_budget_ms": "0"}, "out of range"),
+        ({"latency_budget_ms": "abc"}, "must be a number"),
+        ({"latency_budget_ms": "nan"}, "finite"),
+        ({"min_accuracy": "1.2"}, "out of range"),
+        ({"density": "-1"}, "out of range"),
+        ({"density": 0.0}, "out of range"),
+        ({"density": 1.5}, "out of range"),
+        ({"min_accuracy": 1.5}, "out of range"),
+        ({"density": ""}, "empty"),
+        ({"density": True}, "density"),
+        ({"top_k": "0"}, "top_k"),
+        ({"top_k": "2.5"}, "integer"),
+        ({"priority": -1}, "priority"),
+    ],
+)
 def test_parse_dial_refuses(kwargs, message):
     with pytest.raises(BadRequest, match=message):
         parse_dial(**kwargs)

@@ -19,10 +19,17 @@ REPO = Path(__file__).resolve().parents[2]
 def test_sigterm_drains_in_flight_requests_then_exits(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "SAIT_MODEL": TINY, "SAIT_DEVICE": "cpu", "SAIT_PORT": str(port),
-           "SAIT_MAX_BATCH_SIZE": "32", "SAIT_DEFAULT_BUDGET_MS": "60000",
-           # In-flight requests wait 1.5 s for a fuller batch: long enough to SIGTERM them mid-way.
-           "SAIT_MAX_QUEUE_DELAY_MS": "1500", "SAIT_DRAIN_TIMEOUT_S": "30"}
+    env = {
+        **os.environ,
+        "SAIT_MODEL": TINY,
+        "SAIT_DEVICE": "cpu",
+        "SAIT_PORT": str(port),
+        "SAIT_MAX_BATCH_SIZE": "32",
+        "SAIT_DEFAULT_BUDGET_MS": "60000",
+        # In-flight requests wait 1.5 s for a fuller batch: long enough to SIGTERM them mid-way.
+        "SAIT_MAX_QUEUE_DELAY_MS": "1500",
+        "SAIT_DRAIN_TIMEOUT_S": "30",
+    }
     log = (tmp_path / "server.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -39,7 +46,9 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path):
                 time.sleep(0.2)
             payload = jpeg_bytes(seed=2)
             with concurrent.futures.ThreadPoolExecutor(4) as pool:
-                inflight = [pool.submit(httpx.post, f"{url}/v1/classify", content=payload, timeout=60) for _ in range(4)]
+                inflight = [
+                    pool.submit(httpx.post, f"{url}/v1/classify", content=payload, timeout=60) for _ in range(4)
+                ]
                 wait_until = time.monotonic() + 20
                 while metric_value(client.get("/metrics").text, "sait_inflight_requests") < 4:
                     assert time.monotonic() < wait_until, "requests never got in flight"
@@ -61,7 +70,9 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path):
 
 def _run_cli(*args, env_extra=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "service", *args], capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args], capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 def test_cli_bad_setting_exits_with_one_line(capsys):

@@ -1,5 +1,6 @@
 """The real DeiT-Tiny from ../shared/assets: a real photo classified correctly through both APIs,
 with the same prediction as models.preprocess + the model (what `python -m models.evaluate` does)."""
+
 from __future__ import annotations
 
 import httpx
@@ -20,8 +21,14 @@ PHOTO = ("imagenet-samples", "n01443537_goldfish.JPEG")
 GOLDFISH = 1
 # The plain weights file inside the shared hub cache: loading it by path works whatever
 # HF_HOME the process imported huggingface_hub with.
-WEIGHTS = ("hf-cache", "hub", "models--timm--deit_tiny_patch16_224.fb_in1k", "snapshots",
-           "0000000000000000000000000000000000000000", "model.safetensors")
+WEIGHTS = (
+    "hf-cache",
+    "hub",
+    "models--timm--deit_tiny_patch16_224.fb_in1k",
+    "snapshots",
+    "0000000000000000000000000000000000000000",
+    "model.safetensors",
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +63,27 @@ def reference(deit, photo):
 
 @pytest.fixture(scope="module")
 def server(weights):
-    with running_server(model=DEIT, weights=str(weights), max_batch_size=2, levels="dense,l050", default_budget_ms=60_000,
-                        max_queue_delay_ms=0) as s:
+    with running_server(
+        model=DEIT,
+        weights=str(weights),
+        max_batch_size=2,
+        levels="dense,l050",
+        default_budget_ms=60_000,
+        max_queue_delay_ms=0,
+    ) as s:
         yield s
 
 
 def test_photo_through_native_api(server, photo, reference):
     _, ref = reference
     assert int(ref.argmax()) == GOLDFISH
-    r = httpx.post(f"{server.url}/v1/classify", content=photo.read_bytes(), params={"density": "dense", "top_k": 3},
-                   headers={"Content-Type": "image/jpeg"}, timeout=120)
+    r = httpx.post(
+        f"{server.url}/v1/classify",
+        content=photo.read_bytes(),
+        params={"density": "dense", "top_k": 3},
+        headers={"Content-Type": "image/jpeg"},
+        timeout=120,
+    )
     assert r.status_code == 200, r.text
     top = r.json()["predictions"][0]
     assert top["index"] == GOLDFISH and top["label"] == "goldfish"
@@ -78,16 +96,23 @@ def test_photo_through_tritonclient_bytes_and_uint8(server, photo, reference):
     try:
         inp = triton.InferInput("image", [1], "BYTES")
         inp.set_data_from_numpy(np.array([photo.read_bytes()], dtype=object))
-        res = client.infer(DEIT, [inp], parameters={"density": "dense"},
-                           outputs=[triton.InferRequestedOutput("probabilities"),
-                                    triton.InferRequestedOutput("top_k_indices")])
+        res = client.infer(
+            DEIT,
+            [inp],
+            parameters={"density": "dense"},
+            outputs=[triton.InferRequestedOutput("probabilities"), triton.InferRequestedOutput("top_k_indices")],
+        )
         np.testing.assert_allclose(res.as_numpy("probabilities")[0], ref, atol=1e-5)
         assert res.as_numpy("top_k_indices")[0, 0] == GOLDFISH
         pixels = crop[None].numpy()
         inp = triton.InferInput("pixels", list(pixels.shape), "UINT8")
         inp.set_data_from_numpy(pixels)
-        cls = client.infer(DEIT, [inp], parameters={"density": "dense"},
-                           outputs=[triton.InferRequestedOutput("probabilities", class_count=1)])
+        cls = client.infer(
+            DEIT,
+            [inp],
+            parameters={"density": "dense"},
+            outputs=[triton.InferRequestedOutput("probabilities", class_count=1)],
+        )
         assert cls.as_numpy("probabilities")[0, 0].decode().split(":")[1:] == [str(GOLDFISH), "goldfish"]
         sparse = client.infer(DEIT, [inp], parameters={"density": 0.5})
         assert sparse.get_response()["parameters"]["level"] == "l050"

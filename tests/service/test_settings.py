@@ -16,16 +16,19 @@ def test_settings_flags_over_env_over_defaults(monkeypatch):
     assert load_settings(["--policy", "fixed:dense"]).fixed_density == "dense"
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--max-batch-size", "0"], "SAIT_MAX_BATCH_SIZE (--max-batch-size)"),
-    (["--policy", "fastest"], "SAIT_POLICY"),
-    (["--policy", "fixed:1.5"], "out of range"),
-    (["--device", "tpu"], "SAIT_DEVICE"),
-    (["--safety-margin", "1"], "SAIT_SAFETY_MARGIN"),
-    (["--levels", "dense,,l050"], "SAIT_LEVELS"),
-    (["--port", "http"], "SAIT_PORT"),
-    (["--torch-threads", "-1"], "SAIT_TORCH_THREADS"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--max-batch-size", "0"], "SAIT_MAX_BATCH_SIZE (--max-batch-size)"),
+        (["--policy", "fastest"], "SAIT_POLICY"),
+        (["--policy", "fixed:1.5"], "out of range"),
+        (["--device", "tpu"], "SAIT_DEVICE"),
+        (["--safety-margin", "1"], "SAIT_SAFETY_MARGIN"),
+        (["--levels", "dense,,l050"], "SAIT_LEVELS"),
+        (["--port", "http"], "SAIT_PORT"),
+        (["--torch-threads", "-1"], "SAIT_TORCH_THREADS"),
+    ],
+)
 def test_settings_refused_with_one_line(argv, message):
     with pytest.raises(SettingsError) as info:
         load_settings(argv)

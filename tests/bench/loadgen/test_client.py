@@ -43,8 +43,12 @@ def test_v2_uint8_request_follows_binary_extension():
     assert path == "/v2/models/m/infer" and headers["Content-Type"] == "application/octet-stream"
     header, blob = split_v2(body, headers)
     (tensor,) = header["inputs"]
-    assert tensor == {"name": "pixels", "shape": [1, 3, 224, 224], "datatype": "UINT8",
-                      "parameters": {"binary_data_size": 3 * 224 * 224}}
+    assert tensor == {
+        "name": "pixels",
+        "shape": [1, 3, 224, 224],
+        "datatype": "UINT8",
+        "parameters": {"binary_data_size": 3 * 224 * 224},
+    }
     assert header["parameters"] == {"density": 0.5, "latency_budget_ms": 200.0, "min_accuracy": 0.7}
     assert len(blob) == 3 * 224 * 224
     assert np.frombuffer(blob, np.uint8).reshape(3, 224, 224).shape == (3, 224, 224)
@@ -60,10 +64,19 @@ def test_v2_bytes_request_length_prefixes_each_element():
     assert header["inputs"][0]["parameters"]["binary_data_size"] == len(blob)
 
 
-@pytest.mark.parametrize("status, outcome", [
-    (200, "ok"), (429, "shed"), (504, "expired"), (400, "bad_request"), (413, "bad_request"),
-    (422, "bad_request"), (500, "error"), (503, "error"),
-])
+@pytest.mark.parametrize(
+    "status, outcome",
+    [
+        (200, "ok"),
+        (429, "shed"),
+        (504, "expired"),
+        (400, "bad_request"),
+        (413, "bad_request"),
+        (422, "bad_request"),
+        (500, "error"),
+        (503, "error"),
+    ],
+)
 def test_status_codes_map_to_outcomes(status, outcome):
     assert outcome_for_status(status) == outcome
 
@@ -72,17 +85,29 @@ def run_send(handler, target, dials=Dials()):
     async def go():
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://t") as client:
             import time
+
             result = Result(index=0, cls="c", scheduled_s=0.0, budget_ms=100.0)
             return await send(client, target, dials, PAYLOAD, result, start_s=time.perf_counter())
+
     return asyncio.run(go())
 
 
 def test_send_reads_native_response_fields():
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.params["top_k"] == "3"
-        return httpx.Response(200, json={"level": "l070", "deadline_met": True, "queue_ms": 2.5,
-                                         "compute_ms": 7.0, "total_ms": 11.0, "batch_size": 12,
-                                         "predictions": [{"index": 42, "score": 0.9}]})
+        return httpx.Response(
+            200,
+            json={
+                "level": "l070",
+                "deadline_met": True,
+                "queue_ms": 2.5,
+                "compute_ms": 7.0,
+                "total_ms": 11.0,
+                "batch_size": 12,
+                "predictions": [{"index": 42, "score": 0.9}],
+            },
+        )
+
     r = run_send(handler, Target(api="v1"), Dials(top_k=3))
     assert (r.outcome, r.status, r.level, r.server_deadline_met, r.top1) == ("ok", 200, "l070", True, 42)
     assert (r.queue_ms, r.compute_ms, r.server_total_ms, r.batch_size) == (2.5, 7.0, 11.0, 12)
@@ -93,9 +118,13 @@ def test_send_reads_v2_parameters_and_json_outputs():
     def handler(request: httpx.Request) -> httpx.Response:
         header, _ = split_v2(request.content, request.headers)
         assert header["inputs"][0]["datatype"] == "UINT8"
-        doc = {"model_name": "m", "parameters": {"level": "l050", "deadline_met": False, "batch_size": 5},
-               "outputs": [{"name": "topk_indices", "shape": [1, 1], "datatype": "INT64", "data": [7]}]}
+        doc = {
+            "model_name": "m",
+            "parameters": {"level": "l050", "deadline_met": False, "batch_size": 5},
+            "outputs": [{"name": "topk_indices", "shape": [1, 1], "datatype": "INT64", "data": [7]}],
+        }
         return httpx.Response(200, json=doc)
+
     r = run_send(handler, Target(api="v2", kind="uint8", model="m"))
     assert (r.outcome, r.level, r.server_deadline_met, r.top1, r.batch_size) == ("ok", "l050", False, 7, 5)
 
@@ -107,31 +136,38 @@ def test_batch_size_absent_or_malformed_reads_as_unknown():
 
 
 def test_send_records_shed_and_transport_errors_without_raising():
-    r = run_send(lambda req: httpx.Response(429, headers={"Retry-After": "1"}, json={"error": "queue full"}),
-                 Target())
+    r = run_send(lambda req: httpx.Response(429, headers={"Retry-After": "1"}, json={"error": "queue full"}), Target())
     assert (r.outcome, r.error, r.deadline_met) == ("shed", "queue full", False)
 
     def refuse(request):
         raise httpx.ConnectError("refused")
+
     r = run_send(refuse, Target())
     assert r.outcome == "error" and "ConnectError" in r.error
 
 
 def test_discover_v2_io_picks_by_datatype():
-    meta = {"name": "m", "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]},
-                                    {"name": "pixels", "datatype": "UINT8", "shape": [-1, 3, 224, 224]}],
-            "outputs": [{"name": "probabilities", "datatype": "FP32"}, {"name": "top_k_indices", "datatype": "INT64"}]}
+    meta = {
+        "name": "m",
+        "inputs": [
+            {"name": "image", "datatype": "BYTES", "shape": [-1]},
+            {"name": "pixels", "datatype": "UINT8", "shape": [-1, 3, 224, 224]},
+        ],
+        "outputs": [{"name": "probabilities", "datatype": "FP32"}, {"name": "top_k_indices", "datatype": "INT64"}],
+    }
 
     async def go(kind):
         transport = httpx.MockTransport(lambda req: httpx.Response(200, json=meta))
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             return await discover_v2_io(client, "m", kind)
+
     assert asyncio.run(go("uint8")) == ("pixels", "top_k_indices")
     assert asyncio.run(go("jpeg")) == ("image", "top_k_indices")
 
 
 def test_v2_request_asks_for_one_json_output():
-    _, headers, body = v2_request(Dials(), PAYLOAD, model="m", input_name="image", kind="jpeg",
-                                  output_name="top_k_indices")
+    _, headers, body = v2_request(
+        Dials(), PAYLOAD, model="m", input_name="image", kind="jpeg", output_name="top_k_indices"
+    )
     header, _ = split_v2(body, headers)
     assert header["outputs"] == [{"name": "top_k_indices", "parameters": {"binary_data": False}}]

@@ -17,12 +17,15 @@ def test_parse_variant_settings_and_checkout():
     assert parse_variant(f"here@{REPO_ROOT}:").root == REPO_ROOT
 
 
-@pytest.mark.parametrize("spec, message", [
-    (":POLICY=adaptive", "expected NAME"),
-    ("POLICY=adaptive", "expected NAME"),
-    ("a:POLICY", "is not KEY=VALUE"),
-    ("old@/nonexistent/checkout:", "not a checkout"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (":POLICY=adaptive", "expected NAME"),
+        ("POLICY=adaptive", "expected NAME"),
+        ("a:POLICY", "is not KEY=VALUE"),
+        ("old@/nonexistent/checkout:", "not a checkout"),
+    ],
+)
 def test_parse_variant_refuses(spec, message):
     with pytest.raises(UsageError, match=message):
         parse_variant(spec)
@@ -33,13 +36,25 @@ def summary(att, shed, good, batch):
 
 
 def test_markdown_shows_every_turn_and_the_mean():
-    doc = {"measured_utc": "2026-11-22 01:00 UTC", "cpu": "Test CPU", "cores": 2, "budget_ms": 1000,
-           "point_s": 20, "capacity_rps": 33.3, "wall_s": 120, "command": "python -m bench.loadgen.compare",
-           "variants": [{"name": "a", "settings": {}, "root": str(REPO_ROOT)},
-                        {"name": "b", "settings": {"X": "1"}, "root": "/elsewhere"}],
-           "rows": [{"variant": "a", "load_x": 2.0, "rep": 0, **summary(1.0, 0.1, 50.0, 10.0)},
-                    {"variant": "a", "load_x": 2.0, "rep": 1, **summary(0.9, 0.3, 40.0, 20.0)},
-                    {"variant": "b", "load_x": 2.0, "rep": 0, **summary(0.98, 0.05, 55.0, float("nan"))}]}
+    doc = {
+        "measured_utc": "2026-11-22 01:00 UTC",
+        "cpu": "Test CPU",
+        "cores": 2,
+        "budget_ms": 1000,
+        "point_s": 20,
+        "capacity_rps": 33.3,
+        "wall_s": 120,
+        "command": "python -m bench.loadgen.compare",
+        "variants": [
+            {"name": "a", "settings": {}, "root": str(REPO_ROOT)},
+            {"name": "b", "settings": {"X": "1"}, "root": "/elsewhere"},
+        ],
+        "rows": [
+            {"variant": "a", "load_x": 2.0, "rep": 0, **summary(1.0, 0.1, 50.0, 10.0)},
+            {"variant": "a", "load_x": 2.0, "rep": 1, **summary(0.9, 0.3, 40.0, 20.0)},
+            {"variant": "b", "load_x": 2.0, "rep": 0, **summary(0.98, 0.05, 55.0, float("nan"))},
+        ],
+    }
     text = markdown(doc)
     assert "| 2x | 1 | 100.0% / 10.0% / 50.0 / 10.0 | 98.0% / 5.0% / 55.0 / n/a |" in text
     assert "| 2x | 2 | 90.0% / 30.0% / 40.0 / 20.0 | - |" in text  # b has no second turn
@@ -48,8 +63,13 @@ def test_markdown_shows_every_turn_and_the_mean():
 
 
 def test_cli_usage_errors_are_one_line():
-    proc = subprocess.run([sys.executable, "-m", "bench.loadgen.compare", "--variant", "only:"],
-                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen.compare", "--variant", "only:"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.strip() == "compare: give at least two --variant, with different names"
 
 
@@ -59,10 +79,34 @@ def test_two_variants_take_turns_on_real_servers(tmp_path):
     docs = tmp_path / "doc.md"
     docs.write_text("<!-- compare:begin -->\n<!-- compare:end -->\n")
     out = tmp_path / "out"
-    code = main(["--model", "vit_tiny_test", "--api", "v2", "--payload", "uint8", "--loads", "1", "--reps", "1",
-                 "--point-s", "2", "--capacity-rps", "10", "--setting", "MAX_BATCH_SIZE=4",
-                 "--variant", "adaptive:", "--variant", "dense:POLICY=fixed:dense",
-                 "--out", str(out), "--docs", str(docs)])
+    code = main(
+        [
+            "--model",
+            "vit_tiny_test",
+            "--api",
+            "v2",
+            "--payload",
+            "uint8",
+            "--loads",
+            "1",
+            "--reps",
+            "1",
+            "--point-s",
+            "2",
+            "--capacity-rps",
+            "10",
+            "--setting",
+            "MAX_BATCH_SIZE=4",
+            "--variant",
+            "adaptive:",
+            "--variant",
+            "dense:POLICY=fixed:dense",
+            "--out",
+            str(out),
+            "--docs",
+            str(docs),
+        ]
+    )
     assert code == 0
     doc = json.loads((out / "compare.json").read_text())
     assert [(r["variant"], r["load_x"]) for r in doc["rows"]] == [("adaptive", 1.0), ("dense", 1.0)]
@@ -76,9 +120,33 @@ def test_overload_interleaved_sweep_on_real_servers(tmp_path):
     from bench.loadgen.overload import main
 
     out = tmp_path / "out"
-    code = main(["--model", "vit_tiny_test", "--api", "v2", "--payload", "uint8", "--loads", "0.5", "--point-s", "2",
-                 "--capacity-s", "1", "--concurrency", "2", "--policies", "adaptive,fixed:dense", "--interleave",
-                 "--recalibrate-s", "1", "--setting", "MAX_BATCH_SIZE=4", "--out", str(out)])
+    code = main(
+        [
+            "--model",
+            "vit_tiny_test",
+            "--api",
+            "v2",
+            "--payload",
+            "uint8",
+            "--loads",
+            "0.5",
+            "--point-s",
+            "2",
+            "--capacity-s",
+            "1",
+            "--concurrency",
+            "2",
+            "--policies",
+            "adaptive,fixed:dense",
+            "--interleave",
+            "--recalibrate-s",
+            "1",
+            "--setting",
+            "MAX_BATCH_SIZE=4",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     doc = json.loads((out / "overload.json").read_text())
     assert [(r["policy"], r["load_x"]) for r in doc["rows"]] == [("adaptive", 0.5), ("fixed:dense", 0.5)]

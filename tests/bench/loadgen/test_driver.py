@@ -23,6 +23,7 @@ def slow_server(delay_s: float):
         arrived.append(asyncio.get_running_loop().time())
         await asyncio.sleep(delay_s)
         return httpx.Response(200, json={"level": "dense"})
+
     return handler, arrived
 
 
@@ -32,9 +33,17 @@ def run(handler, arrivals, *, max_inflight=64, budget_ms=1000.0):
 
     async def go():
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://t") as client:
-            return await run_open_loop(client=client, target=Target(), arrivals_s=np.asarray(arrivals),
-                                       dials=dials, scenario=scenario, payloads=PAYLOADS,
-                                       max_inflight=max_inflight, timeout_s=5.0)
+            return await run_open_loop(
+                client=client,
+                target=Target(),
+                arrivals_s=np.asarray(arrivals),
+                dials=dials,
+                scenario=scenario,
+                payloads=PAYLOADS,
+                max_inflight=max_inflight,
+                timeout_s=5.0,
+            )
+
     return asyncio.run(go())
 
 
@@ -63,6 +72,7 @@ def test_latency_counts_from_schedule_not_from_send():
     def blocking_handler(request):
         time.sleep(0.2)  # blocks the loop: later sends happen late
         return httpx.Response(200, json={"level": "dense"})
+
     results = run(blocking_handler, [0.0, 0.01], budget_ms=100.0)
     late = results[1]
     assert late.send_lag_ms > 150 and late.latency_ms > 150

@@ -27,9 +27,28 @@ def test_short_open_loop_run(server, api, payload, tmp_path):
     from bench.loadgen.__main__ import main
 
     out = tmp_path / api
-    code = main(["--url", server.url, "--api", api, "--payload", payload, "--model", "vit_tiny_test",
-                 "--profile", "10@1,30@1", "--process", "constant", "--synthetic",
-                 "--budget-ms", "2000", "--quiet", "--out", str(out)])
+    code = main(
+        [
+            "--url",
+            server.url,
+            "--api",
+            api,
+            "--payload",
+            payload,
+            "--model",
+            "vit_tiny_test",
+            "--profile",
+            "10@1,30@1",
+            "--process",
+            "constant",
+            "--synthetic",
+            "--budget-ms",
+            "2000",
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, server.log_tail()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["requests"] == 40
@@ -49,8 +68,28 @@ def test_density_dial_reaches_the_server(server, tmp_path):
     from bench.loadgen.__main__ import main
 
     out = tmp_path / "dense"
-    assert main(["--url", server.url, "--rate", "10", "--duration-s", "1", "--process", "constant",
-                 "--synthetic", "--density", "1.0", "--quiet", "--no-plot", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--url",
+                server.url,
+                "--rate",
+                "10",
+                "--duration-s",
+                "1",
+                "--process",
+                "constant",
+                "--synthetic",
+                "--density",
+                "1.0",
+                "--quiet",
+                "--no-plot",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["levels"] == {"dense": 10}
 
@@ -62,10 +101,35 @@ def test_locust_headless_both_apis(server, tmp_path):
     from pathlib import Path
 
     locustfile = Path(bench.__file__).parent / "locustfile.py"
-    cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "-u", "2", "-r", "2",
-           "-t", "3s", "--host", server.url, "--user-rps", "3", "--model-name", "vit_tiny_test",
-           "--images", str(tmp_path / "none"), "--budget-ms", "2000", "--only-summary",
-           "--csv", str(tmp_path / "run"), "NativeUser", "KServeUser"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(locustfile),
+        "--headless",
+        "-u",
+        "2",
+        "-r",
+        "2",
+        "-t",
+        "3s",
+        "--host",
+        server.url,
+        "--user-rps",
+        "3",
+        "--model-name",
+        "vit_tiny_test",
+        "--images",
+        str(tmp_path / "none"),
+        "--budget-ms",
+        "2000",
+        "--only-summary",
+        "--csv",
+        str(tmp_path / "run"),
+        "NativeUser",
+        "KServeUser",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "levels served:" in proc.stdout + proc.stderr

@@ -1,4 +1,5 @@
 """The load generator's HTTP/1.1 client, against scripted servers on real loopback sockets."""
+
 from __future__ import annotations
 
 import asyncio
@@ -53,9 +54,17 @@ def test_keep_alive_reuses_one_connection_and_sends_what_it_is_given():
     async def go():
         server, url, seen = await serving(echo_forever)
         async with server, Http1Client(url, max_connections=4) as client:
-            responses = [await client.post("/v2/x/infer", params={"top_k": 3}, content=b"abc" * i,
-                                           headers={"Inference-Header-Content-Length": "3"}) for i in range(5)]
+            responses = [
+                await client.post(
+                    "/v2/x/infer",
+                    params={"top_k": 3},
+                    content=b"abc" * i,
+                    headers={"Inference-Header-Content-Length": "3"},
+                )
+                for i in range(5)
+            ]
             return responses, seen, client.opened
+
     responses, seen, opened = asyncio.run(go())
     assert opened == 1  # sequential requests share one keep-alive connection
     assert [r.json()["echo"] for r in responses] == [0, 3, 6, 9, 12]
@@ -78,6 +87,7 @@ def test_concurrent_requests_stay_within_max_connections():
         async with server, Http1Client(url, max_connections=4) as client:
             responses = await asyncio.gather(*(client.post("/p", content=str(i).encode()) for i in range(20)))
             return responses, client.opened
+
     responses, opened = asyncio.run(go())
     assert [r.text for r in responses] == [str(i) for i in range(20)]
     assert opened <= 4
@@ -86,14 +96,16 @@ def test_concurrent_requests_stay_within_max_connections():
 def test_chunked_answer_is_reassembled():
     async def chunked(reader, writer, seen):
         await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     b"4\r\nWiki\r\n6;ext=1\r\npedia \r\n0\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nWiki\r\n6;ext=1\r\npedia \r\n0\r\n\r\n"
+        )
         await writer.drain()
 
     async def go():
         server, url, _ = await serving(chunked)
         async with server, Http1Client(url) as client:
             return await client.get("/")
+
     assert asyncio.run(go()).text == "Wikipedia "
 
 
@@ -111,6 +123,7 @@ def test_a_keep_alive_connection_the_server_closed_is_replaced_once():
             await asyncio.sleep(0.05)  # the server has closed the connection by now
             second = await client.get("/b")
             return first, second, client.opened, seen
+
     first, second, opened, seen = asyncio.run(go())
     assert (first.text, second.text, opened) == ("first", "first", 2)
     assert [s[0].split()[1] for s in seen] == ["/a", "/b"]  # /b reached the server exactly once
@@ -151,6 +164,7 @@ def test_connection_refused_is_a_connect_error():
         await server.wait_closed()
         async with Http1Client(url) as client:
             return await client.get("/")
+
     with pytest.raises(httpx.ConnectError, match="cannot connect"):
         asyncio.run(go())
 
@@ -165,6 +179,7 @@ def test_raise_for_status_and_plain_http_only():
         server, url, _ = await serving(not_found)
         async with server, Http1Client(url) as client:
             return await client.get("/v2/models/nope")
+
     response = asyncio.run(go())
     with pytest.raises(httpx.HTTPError, match="404"):
         response.raise_for_status()

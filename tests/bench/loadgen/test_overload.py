@@ -10,16 +10,24 @@ from bench.loadgen.report import summarize
 
 
 def row(policy, load_x, *, goodput, attainment, shed, dense_frac):
-    return {"policy": policy, "load_x": load_x, "goodput_rps": goodput, "attainment": attainment,
-            "shed_fraction": shed, "level_fractions": {"dense": dense_frac, "l050": 1 - dense_frac}}
+    return {
+        "policy": policy,
+        "load_x": load_x,
+        "goodput_rps": goodput,
+        "attainment": attainment,
+        "shed_fraction": shed,
+        "level_fractions": {"dense": dense_frac, "l050": 1 - dense_frac},
+    }
 
 
 def test_targets_pass_and_fail():
-    rows = [row("adaptive", 2.0, goodput=40, attainment=0.995, shed=0.03, dense_frac=0.1),
-            row("fixed:dense", 2.0, goodput=20, attainment=0.4, shed=0.0, dense_frac=1.0),
-            row("adaptive", 0.5, goodput=10, attainment=1.0, shed=0.0, dense_frac=0.9),
-            row("adaptive", 3.0, goodput=45, attainment=0.93, shed=0.5, dense_frac=0.0),
-            row("fixed:l040", 2.0, goodput=36, attainment=1.0, shed=0.1, dense_frac=0.0)]
+    rows = [
+        row("adaptive", 2.0, goodput=40, attainment=0.995, shed=0.03, dense_frac=0.1),
+        row("fixed:dense", 2.0, goodput=20, attainment=0.4, shed=0.0, dense_frac=1.0),
+        row("adaptive", 0.5, goodput=10, attainment=1.0, shed=0.0, dense_frac=0.9),
+        row("adaptive", 3.0, goodput=45, attainment=0.93, shed=0.5, dense_frac=0.0),
+        row("fixed:l040", 2.0, goodput=36, attainment=1.0, shed=0.1, dense_frac=0.0),
+    ]
     checks = {c["target"]: c for c in check_targets(rows, ["adaptive", "fixed:dense", "fixed:l040"])}
     assert checks["adaptive at 2x: deadline met for admitted >= 0.99"]["pass"]
     assert checks["adaptive at 2x: shed fraction <= 0.05"]["pass"]
@@ -33,12 +41,24 @@ def test_targets_pass_and_fail():
 
 
 def test_markdown_table_and_block_replacement(tmp_path):
-    results = [Result(index=i, cls="b", scheduled_s=i / 10, budget_ms=100, outcome="ok", latency_ms=20.0,
-                      level="dense") for i in range(10)]
+    results = [
+        Result(index=i, cls="b", scheduled_s=i / 10, budget_ms=100, outcome="ok", latency_ms=20.0, level="dense")
+        for i in range(10)
+    ]
     s = summarize(results, duration_s=1.0)
-    doc = {"capacity": {"capacity_rps": 10.0}, "cpu": "Test CPU", "model": "m", "api": "v1", "budget_ms": 100,
-           "point_s": 1, "settings": {}, "wall_s": 60, "command": "python -m bench.loadgen.overload",
-           "rows": [{"policy": "adaptive", "load_x": 1.0, "served_top1": 0.8, **s}], "targets": []}
+    doc = {
+        "capacity": {"capacity_rps": 10.0},
+        "cpu": "Test CPU",
+        "model": "m",
+        "api": "v1",
+        "budget_ms": 100,
+        "point_s": 1,
+        "settings": {},
+        "wall_s": 60,
+        "command": "python -m bench.loadgen.overload",
+        "rows": [{"policy": "adaptive", "load_x": 1.0, "served_top1": 0.8, **s}],
+        "targets": [],
+    }
     docs = tmp_path / "docs" / "loadtest.md"
     docs.parent.mkdir()
     docs.write_text(f"# title\n\n{BEGIN}\nold\n{END}\n\n## after\n")
@@ -53,14 +73,31 @@ def test_markdown_table_and_block_replacement(tmp_path):
 
 
 def test_markdown_names_the_recalibrated_capacities():
-    results = [Result(index=i, cls="b", scheduled_s=i / 10, budget_ms=100, outcome="ok", latency_ms=20.0,
-                      level="dense") for i in range(10)]
+    results = [
+        Result(index=i, cls="b", scheduled_s=i / 10, budget_ms=100, outcome="ok", latency_ms=20.0, level="dense")
+        for i in range(10)
+    ]
     s = summarize(results, duration_s=1.0)
-    rows = [{"policy": p, "load_x": x, "capacity_rps": c, "served_top1": 0.8, **s}
-            for x, c in ((0.5, 30.0), (2.0, 27.5)) for p in ("adaptive", "fixed:dense")]
-    doc = {"capacity": {"capacity_rps": 33.0}, "cpu": "Test CPU", "model": "m", "api": "v2", "budget_ms": 100,
-           "point_s": 1, "settings": {}, "wall_s": 60, "command": "python -m bench.loadgen.overload",
-           "rows": rows, "targets": [], "interleave": True, "recalibrate_s": 8.0}
+    rows = [
+        {"policy": p, "load_x": x, "capacity_rps": c, "served_top1": 0.8, **s}
+        for x, c in ((0.5, 30.0), (2.0, 27.5))
+        for p in ("adaptive", "fixed:dense")
+    ]
+    doc = {
+        "capacity": {"capacity_rps": 33.0},
+        "cpu": "Test CPU",
+        "model": "m",
+        "api": "v2",
+        "budget_ms": 100,
+        "point_s": 1,
+        "settings": {},
+        "wall_s": 60,
+        "command": "python -m bench.loadgen.overload",
+        "rows": rows,
+        "targets": [],
+        "interleave": True,
+        "recalibrate_s": 8.0,
+    }
     text = markdown(doc, Path("sweep.png"), None)
     assert "**33.0 req/s**, re-measured for 8 s before each load" in text and "(0.5x: 30.0, 2x: 27.5 req/s)" in text
     doc["recalibrate_s"] = 0.0

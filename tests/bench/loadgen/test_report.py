@@ -9,15 +9,29 @@ from bench.loadgen.report import level_order, plot_sweep, segment_summaries, sum
 
 
 def make(i, outcome, latency_ms=math.nan, level="", budget_ms=100.0, cls="c"):
-    return Result(index=i, cls=cls, scheduled_s=i * 0.1, budget_ms=budget_ms, outcome=outcome,
-                  status=200 if outcome == "ok" else 429, latency_ms=latency_ms, level=level, send_lag_ms=1.0)
+    return Result(
+        index=i,
+        cls=cls,
+        scheduled_s=i * 0.1,
+        budget_ms=budget_ms,
+        outcome=outcome,
+        status=200 if outcome == "ok" else 429,
+        latency_ms=latency_ms,
+        level=level,
+        send_lag_ms=1.0,
+    )
 
 
 RESULTS = (
     [make(i, "ok", 10.0 * (i + 1), "dense") for i in range(8)]  # 10..80 ms: all within 100
     + [make(8, "ok", 150.0, "l050"), make(9, "ok", 90.0, "l050")]
-    + [make(10, "shed"), make(11, "expired", 120.0), make(12, "error", 5.0), make(13, "unsent"),
-       make(14, "bad_request", 3.0)]
+    + [
+        make(10, "shed"),
+        make(11, "expired", 120.0),
+        make(12, "error", 5.0),
+        make(13, "unsent"),
+        make(14, "bad_request", 3.0),
+    ]
 )
 
 
@@ -76,16 +90,24 @@ def test_empty_percentiles_are_null_in_json(tmp_path):
 
 def test_level_order_and_sweep_plot(tmp_path):
     assert level_order(["l050", "unknown", "dense", "l090"]) == ["dense", "l090", "l050", "unknown"]
-    rows = [{"policy": p, "load_x": x, "goodput_rps": g, "attainment": a}
-            for p, x, g, a in [("adaptive", 1, 10, 1.0), ("adaptive", 2, 19, 0.99), ("fixed", 1, 10, 1.0),
-                               ("fixed", 2, 3, 0.2)]]
+    rows = [
+        {"policy": p, "load_x": x, "goodput_rps": g, "attainment": a}
+        for p, x, g, a in [
+            ("adaptive", 1, 10, 1.0),
+            ("adaptive", 2, 19, 0.99),
+            ("fixed", 1, 10, 1.0),
+            ("fixed", 2, 3, 0.2),
+        ]
+    ]
     plot_sweep(tmp_path / "s.png", rows, title="t")
     assert (tmp_path / "s.png").stat().st_size > 1000
 
 
 def test_time_inside_and_outside_the_server():
-    rs = [Result(index=i, cls="c", scheduled_s=0.0, budget_ms=100, outcome="ok", latency_ms=50.0,
-                 server_total_ms=20.0) for i in range(4)]
+    rs = [
+        Result(index=i, cls="c", scheduled_s=0.0, budget_ms=100, outcome="ok", latency_ms=50.0, server_total_ms=20.0)
+        for i in range(4)
+    ]
     s = summarize(rs, duration_s=1.0)
     assert s["server_p50_ms"] == 20.0 and s["outside_p99_ms"] == 30.0
 

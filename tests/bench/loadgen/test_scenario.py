@@ -29,9 +29,18 @@ def test_toml_and_json_give_the_same_scenario(tmp_path):
     toml_path.write_text(MIXED)
     from_toml = load_scenario(toml_path)
     json_path = tmp_path / "mix.json"
-    json_path.write_text(json.dumps({"name": "mix", "default_budget_ms": 800, "classes": [
-        {"name": "fast", "weight": 3, "latency_budget_ms": 100},
-        {"name": "pinned", "weight": 1, "density": 0.6, "top_k": 5}]}))
+    json_path.write_text(
+        json.dumps(
+            {
+                "name": "mix",
+                "default_budget_ms": 800,
+                "classes": [
+                    {"name": "fast", "weight": 3, "latency_budget_ms": 100},
+                    {"name": "pinned", "weight": 1, "density": 0.6, "top_k": 5},
+                ],
+            }
+        )
+    )
     assert load_scenario(json_path) == from_toml
     assert from_toml.default_budget_ms == 800
     fast, pinned = (c.dials for c in from_toml.classes)
@@ -52,18 +61,21 @@ def test_assign_follows_weights_and_seed(tmp_path):
     assert [d.name for d in scenario.assign(50, seed=5)] == [d.name for d in picks[:50]]
 
 
-@pytest.mark.parametrize("doc, message", [
-    ({}, "non-empty 'classes'"),
-    ({"classes": []}, "non-empty 'classes'"),
-    ({"classes": [{"weight": 0}]}, "weight must be a number > 0"),
-    ({"classes": [{"density": 1.5}]}, "density is a fraction"),
-    ({"classes": [{"latency_budget_ms": -3}]}, "latency_budget_ms must be"),
-    ({"classes": [{"min_accuracy": 80}]}, "min_accuracy is a fraction"),
-    ({"classes": [{"top_k": 0}]}, "top_k must be an integer"),
-    ({"classes": [{"budget": 1}]}, "unknown keys"),
-    ({"classes": [{"name": "x"}, {"name": "x"}]}, "unique"),
-    ({"classes": [{}], "rate": 3}, "unknown keys"),
-])
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ({}, "non-empty 'classes'"),
+        ({"classes": []}, "non-empty 'classes'"),
+        ({"classes": [{"weight": 0}]}, "weight must be a number > 0"),
+        ({"classes": [{"density": 1.5}]}, "density is a fraction"),
+        ({"classes": [{"latency_budget_ms": -3}]}, "latency_budget_ms must be"),
+        ({"classes": [{"min_accuracy": 80}]}, "min_accuracy is a fraction"),
+        ({"classes": [{"top_k": 0}]}, "top_k must be an integer"),
+        ({"classes": [{"budget": 1}]}, "unknown keys"),
+        ({"classes": [{"name": "x"}, {"name": "x"}]}, "unique"),
+        ({"classes": [{}], "rate": 3}, "unknown keys"),
+    ],
+)
 def test_bad_scenarios_say_what_is_wrong(doc, message):
     with pytest.raises(ScenarioError, match=message):
         parse_scenario(doc)

@@ -1,4 +1,5 @@
 """The server-clock view of an overload sweep, from results.csv files."""
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,16 @@ def write(path, rows):
 
 def test_point_row_counts_late_sends_and_server_met(tmp_path):
     f = tmp_path / "adaptive-2x" / "results.csv"
-    write(f, [("ok", 5, "True", 0.5, "True"), ("ok", 150, "False", 1.5, "False"), ("expired", 300, "", 3.0, "False"),
-              ("shed", 1, "", 0.1, "False"), ("unsent", 0, "", 4.0, "False")])
+    write(
+        f,
+        [
+            ("ok", 5, "True", 0.5, "True"),
+            ("ok", 150, "False", 1.5, "False"),
+            ("expired", 300, "", 3.0, "False"),
+            ("shed", 1, "", 0.1, "False"),
+            ("unsent", 0, "", 4.0, "False"),
+        ],
+    )
     r = point_row(f, point_s=2.0)
     assert r["late_send"] == 0.5  # 2 of the 4 sent
     assert r["server_attainment"] == 1 / 3  # 1 met of 3 admitted (shed is not admitted)

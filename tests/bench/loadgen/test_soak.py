@@ -5,8 +5,12 @@ from bench.loadgen.soak import drift
 
 
 def test_soak_drift_compares_first_and_last_quarter():
-    results = [Result(index=i, cls="s", scheduled_s=i * 0.1, budget_ms=1000, outcome="ok",
-                      latency_ms=10.0 if i < 500 else 12.0) for i in range(1000)]
+    results = [
+        Result(
+            index=i, cls="s", scheduled_s=i * 0.1, budget_ms=1000, outcome="ok", latency_ms=10.0 if i < 500 else 12.0
+        )
+        for i in range(1000)
+    ]
     samples = [(t, 100 * 2**20 + (2**20 if t >= 50 else 0)) for t in range(100)]
     d = drift(results, samples, warmup_s=20, duration_s=100)
     assert d["first_window_s"] == (20, 40) and d["last_window_s"] == (80, 100)
@@ -17,8 +21,20 @@ def test_soak_drift_compares_first_and_last_quarter():
 
 def _soak_results(latency_ms, compute_ms) -> list[Result]:
     """1000 requests over 100 s at `dense`, in batches of one; each callable maps the index."""
-    return [Result(index=i, cls="s", scheduled_s=i * 0.1, budget_ms=1000, outcome="ok", level="dense",
-                   batch_size=1, latency_ms=latency_ms(i), compute_ms=compute_ms(i)) for i in range(1000)]
+    return [
+        Result(
+            index=i,
+            cls="s",
+            scheduled_s=i * 0.1,
+            budget_ms=1000,
+            outcome="ok",
+            level="dense",
+            batch_size=1,
+            latency_ms=latency_ms(i),
+            compute_ms=compute_ms(i),
+        )
+        for i in range(1000)
+    ]
 
 
 def test_soak_drift_corrects_for_a_host_that_slowed_down():
@@ -35,6 +51,8 @@ def test_soak_drift_corrects_for_a_host_that_slowed_down():
 
 def test_soak_drift_keeps_a_growing_queue_visible_after_the_correction():
     # Compute stays the same and the time around it grows (a leak, a queue): both drift.
-    d = drift(_soak_results(lambda i: 40.0 + (20.0 if i >= 500 else 0), lambda i: 10.0), [], warmup_s=20, duration_s=100)
+    d = drift(
+        _soak_results(lambda i: 40.0 + (20.0 if i >= 500 else 0), lambda i: 10.0), [], warmup_s=20, duration_s=100
+    )
     assert abs(d["host_slowdown"]) < 1e-9
     assert abs(d["p99_drift_host_corrected"] - 0.5) < 1e-9 and not d["host_corrected_below_10pct"]

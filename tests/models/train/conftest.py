@@ -1,4 +1,5 @@
 """Fixtures of the training tests: a six-image pool and the tiny run's settings."""
+
 from __future__ import annotations
 
 import csv
@@ -34,9 +35,23 @@ def make_cfg(pool):
     """make_cfg(out_dir, **overrides) -> the tiny run's TrainConfig on `pool` (4 steps, CPU, mixup)."""
 
     def make(out, **kw) -> TrainConfig:
-        base = dict(model="vit_tiny_test", data_dir=str(pool), out_dir=str(out), batch_size=3, max_steps=4,
-                    warmup_steps=1, lr=1e-3, num_workers=0, save_every=100, export_dtype="fp32", progress=False,
-                    device="cpu", auto_augment="rand-m9-mstd0.5-inc1", token_weight=0.5, mixup_alpha=0.4)
+        base = dict(
+            model="vit_tiny_test",
+            data_dir=str(pool),
+            out_dir=str(out),
+            batch_size=3,
+            max_steps=4,
+            warmup_steps=1,
+            lr=1e-3,
+            num_workers=0,
+            save_every=100,
+            export_dtype="fp32",
+            progress=False,
+            device="cpu",
+            auto_augment="rand-m9-mstd0.5-inc1",
+            token_weight=0.5,
+            mixup_alpha=0.4,
+        )
         return TrainConfig(**(base | kw))
 
     return make

@@ -1,4 +1,5 @@
 """The adaptive-vs-fixed measurement on a tiny random ViT and a few generated images."""
+
 from __future__ import annotations
 
 import csv
@@ -25,8 +26,26 @@ def _folder(root, n):
 def test_adaptive_eval_rows_limits_and_check(tmp_path):
     a, b = _folder(tmp_path / "a", 3), _folder(tmp_path / "b", 2)
     out = tmp_path / "r.json"
-    rc = main(["--model", "vit_tiny_test", "--sets", f"{a},{b}", "--thresholds", "0,1", "--batch-size", "2",
-               "--check", "2", "--cache-dir", str(tmp_path / "cache"), "--json", str(out), "--plot", str(tmp_path / "p.png")])
+    rc = main(
+        [
+            "--model",
+            "vit_tiny_test",
+            "--sets",
+            f"{a},{b}",
+            "--thresholds",
+            "0,1",
+            "--batch-size",
+            "2",
+            "--check",
+            "2",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--json",
+            str(out),
+            "--plot",
+            str(tmp_path / "p.png"),
+        ]
+    )
     assert rc == 0
     result = json.loads(out.read_text())
     rows = {r["name"]: r for r in result["combined"]["rows"]}

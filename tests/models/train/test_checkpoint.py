@@ -1,4 +1,5 @@
 """Checkpoint files: optimizer state restored only where it fits, the exported weights."""
+
 from __future__ import annotations
 
 import torch

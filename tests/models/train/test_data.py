@@ -1,4 +1,5 @@
 """Training data: the labels CSV."""
+
 from __future__ import annotations
 
 import numpy as np

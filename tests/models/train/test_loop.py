@@ -1,4 +1,5 @@
 """The training loop on a tiny random ViT: finite losses, dense KL starts at 0, exact resume."""
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,17 @@ def test_fixed_batch_loss_decreases(make_cfg, tmp_path):
     The random tiny model starts near the teacher (KL ~1e-4), so the labelled cross-entropy
     (~6.9 nats) is the part with room to fall.
     """
-    cfg = make_cfg(tmp_path / "fit", batch_size=6, max_steps=5, augment=False, mixup_alpha=0.0,
-                   token_weight=0.0, ce_weight=1.0, lr=1e-3, random_levels=0)
+    cfg = make_cfg(
+        tmp_path / "fit",
+        batch_size=6,
+        max_steps=5,
+        augment=False,
+        mixup_alpha=0.0,
+        token_weight=0.0,
+        ce_weight=1.0,
+        lr=1e-3,
+        random_levels=0,
+    )
     train(cfg)
     history = _history(tmp_path / "fit")
     assert [h["levels"] for h in history] == [["dense", "l040"]] * 5
@@ -58,10 +68,41 @@ def test_fixed_batch_loss_decreases(make_cfg, tmp_path):
 def test_resume_reproduces_the_uninterrupted_run_exactly(pool, make_cfg, tmp_path, straight):
     train(make_cfg(tmp_path / "split", stop_after=2))
     half = load_file(str(tmp_path / "split" / "checkpoint" / "model.safetensors"))
-    assert main(["--model", "vit_tiny_test", "--data-dir", str(pool), "--out-dir", str(tmp_path / "split"),
-                 "--batch-size", "3", "--max-steps", "4", "--warmup-steps", "1", "--lr", "1e-3",
-                 "--num-workers", "0", "--save-every", "100", "--export-dtype", "fp32", "--no-progress",
-                 "--device", "cpu", "--token-weight", "0.5", "--mixup-alpha", "0.4", "--resume"]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                "vit_tiny_test",
+                "--data-dir",
+                str(pool),
+                "--out-dir",
+                str(tmp_path / "split"),
+                "--batch-size",
+                "3",
+                "--max-steps",
+                "4",
+                "--warmup-steps",
+                "1",
+                "--lr",
+                "1e-3",
+                "--num-workers",
+                "0",
+                "--save-every",
+                "100",
+                "--export-dtype",
+                "fp32",
+                "--no-progress",
+                "--device",
+                "cpu",
+                "--token-weight",
+                "0.5",
+                "--mixup-alpha",
+                "0.4",
+                "--resume",
+            ]
+        )
+        == 0
+    )
     a = load_file(str(straight[0] / "checkpoint" / "model.safetensors"))
     b = load_file(str(tmp_path / "split" / "checkpoint" / "model.safetensors"))
     assert any(not torch.equal(half[k], b[k]) for k in a)  # the resumed half did train

@@ -1,4 +1,5 @@
 """The distillation losses."""
+
 from __future__ import annotations
 
 import torch

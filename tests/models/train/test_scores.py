@@ -1,4 +1,5 @@
 """The dense forward with class-attention rows (the token-score term's input)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Runner contract on CPU: eager runner output equals the model's own softmax at every level."""
+
 from __future__ import annotations
 
 import pytest
@@ -91,8 +92,9 @@ def test_reduced_precision_runs_the_head_in_fp32(model, level):
     # Same probabilities as the all-bf16 forward, up to bf16 rounding of the head.
     torch.testing.assert_close(out.probs, body_bf16, rtol=0.05, atol=2e-3)
     # The ablation switch puts the head back under autocast.
-    r16 = create_runner(model, device="cpu", precision="bf16", cuda_graphs=False, max_batch_size=2, top_k=3,
-                        fp32_head=False)
+    r16 = create_runner(
+        model, device="cpu", precision="bf16", cuda_graphs=False, max_batch_size=2, top_k=3, fp32_head=False
+    )
     seen.clear()
     handle = model.timm_model.head.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
     try:
@@ -103,11 +105,19 @@ def test_reduced_precision_runs_the_head_in_fp32(model, level):
 
 
 def test_runner_serves_only_the_levels_it_is_given(model):
-    r = create_runner(model, device="cpu", precision="fp32", cuda_graphs=True, max_batch_size=1, top_k=1,
-                      levels=("dense", "l050"))
+    r = create_runner(
+        model, device="cpu", precision="fp32", cuda_graphs=True, max_batch_size=1, top_k=1, levels=("dense", "l050")
+    )
     assert r.levels == ("dense", "l050")
     with pytest.raises(KeyError, match="known: dense, l050"):
         r.run("l070", _images(1))
     with pytest.raises(ValueError, match="unknown level"):
-        create_runner(model, device="cpu", precision="fp32", cuda_graphs=False, max_batch_size=1, top_k=1,
-                      levels=("dense", "l999"))
+        create_runner(
+            model,
+            device="cpu",
+            precision="fp32",
+            cuda_graphs=False,
+            max_batch_size=1,
+            top_k=1,
+            levels=("dense", "l999"),
+        )

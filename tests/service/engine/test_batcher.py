@@ -15,16 +15,28 @@ IMG = torch.zeros(3, 224, 224, dtype=torch.uint8)
 
 
 def item(level: str, deadline_s: float, results: list, tag=None, priority: int = 0) -> WorkItem:
-    return WorkItem(image=IMG, level=level, deadline_s=deadline_s, priority=priority,
-                    on_done=lambda r, tag=tag: results.append((tag, r)))
+    return WorkItem(
+        image=IMG,
+        level=level,
+        deadline_s=deadline_s,
+        priority=priority,
+        on_done=lambda r, tag=tag: results.append((tag, r)),
+    )
 
 
 def test_batches_earliest_deadline_first_up_to_max():
     b = Batcher(levels=("dense", "l050"), max_batch_size=2, max_queue_delay_ms=0)
     now = time.perf_counter()
     out = []
-    b.put([item("dense", now + 9, out, "d9"), item("l050", now + 5, out, "s5"), item("dense", now + 3, out, "d3"),
-           item("dense", now + 4, out, "d4"), item("l050", now + 8, out, "s8")])
+    b.put(
+        [
+            item("dense", now + 9, out, "d9"),
+            item("l050", now + 5, out, "s5"),
+            item("dense", now + 3, out, "d3"),
+            item("dense", now + 4, out, "d4"),
+            item("l050", now + 8, out, "s8"),
+        ]
+    )
     first = b.next_batch(timeout_s=1)
     assert first.level == "dense" and [i.on_done.__defaults__[0] for i in first.items] == ["d3", "d4"]
     second = b.next_batch(timeout_s=1)
@@ -38,7 +50,13 @@ def test_priority_breaks_ties_between_equal_deadlines():
     b = Batcher(levels=("dense",), max_batch_size=1, max_queue_delay_ms=0)
     d = time.perf_counter() + 5
     out = []
-    b.put([item("dense", d, out, "default"), item("dense", d, out, "p2", priority=2), item("dense", d, out, "p1", priority=1)])
+    b.put(
+        [
+            item("dense", d, out, "default"),
+            item("dense", d, out, "p2", priority=2),
+            item("dense", d, out, "p1", priority=1),
+        ]
+    )
     order = [b.next_batch(timeout_s=1).items[0].on_done.__defaults__[0] for _ in range(3)]
     assert order == ["p1", "p2", "default"]
 
@@ -100,8 +118,11 @@ def test_late_arrivals_do_not_grow_a_batch_past_its_deadline():
     # Another level's most urgent image needs 100 ms of its own before its deadline.
     b = Batcher(levels=("dense", "l050"), max_batch_size=8, max_queue_delay_ms=0, latency=PerImage())
     now = time.perf_counter()
-    b.put([item("dense", now + 0.6, out)] + [item("dense", now + 5, out) for _ in range(7)]
-          + [item("l050", now + 0.65, out)])
+    b.put(
+        [item("dense", now + 0.6, out)]
+        + [item("dense", now + 5, out) for _ in range(7)]
+        + [item("l050", now + 0.65, out)]
+    )
     batch = b.next_batch(timeout_s=1)
     assert batch.level == "dense" and len(batch.items) == 5  # 6 would fit dense's 600 ms, not l050's 550
 

@@ -1,4 +1,5 @@
 """The accuracy dial through a level card (SAIT_LEVEL_CARD), a level subset, and a fixed policy."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,13 @@ def card_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(card_path):
-    with running_server(level_card=str(card_path), levels="dense,l080,l060,l050", policy="fixed:0.6",
-                        default_budget_ms=60_000, max_queue_delay_ms=0) as s:
+    with running_server(
+        level_card=str(card_path),
+        levels="dense,l080,l060,l050",
+        policy="fixed:0.6",
+        default_budget_ms=60_000,
+        max_queue_delay_ms=0,
+    ) as s:
         yield s
 
 
@@ -59,9 +65,12 @@ def test_unreachable_accuracy_and_unserved_levels_are_400(server):
 def test_v2_reports_card_values_in_parameters(server):
     import base64
 
-    body = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                        "data": [base64.b64encode(png_bytes()).decode()]}],
-            "parameters": {"min_accuracy": 0.78}}
+    body = {
+        "inputs": [
+            {"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(png_bytes()).decode()]}
+        ],
+        "parameters": {"min_accuracy": 0.78},
+    }
     doc = httpx.post(f"{server.url}/v2/models/{TINY}/infer", json=body, timeout=60).json()
     assert doc["parameters"]["level"] == "l080" and doc["parameters"]["top1"] == 0.79
     meta = httpx.get(f"{server.url}/v2/models/{TINY}").json()

@@ -1,4 +1,5 @@
 """The controller's policy, as tables: (dial, load, latency model, policy) -> level or refusal."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,8 +37,15 @@ class LinearLatency:
 
 
 LAT = LinearLatency()
-POLICY = Policy(default_budget_ms=1000, safety_margin=0.1, max_batch_size=8, max_queue_delay_ms=5, queue_limit=64,
-                degrade_from=0.3, min_speedup=1.1)
+POLICY = Policy(
+    default_budget_ms=1000,
+    safety_margin=0.1,
+    max_batch_size=8,
+    max_queue_delay_ms=5,
+    queue_limit=64,
+    degrade_from=0.3,
+    min_speedup=1.1,
+)
 
 
 def ask(*, images: int = 1, elapsed_ms: float = 0.0, **dial) -> tuple[Dial, dict]:
@@ -50,23 +58,48 @@ CHOICES = [
     ("idle, default budget: dense", ask(), {}, 0.0, {}, ("dense", "budget")),
     ("idle, 20 ms budget: dense fits (2+10+5=17 <= 18)", ask(latency_budget_ms=20), {}, 0.0, {}, ("dense", "budget")),
     ("idle, 15 ms budget: l060 (2+6+5=13 <= 13.5)", ask(latency_budget_ms=15), {}, 0.0, {}, ("l060", "budget")),
-    ("queue at dense pushes to l060 (22+8+5=35 <= 36)", ask(latency_budget_ms=40), {"dense": 2}, 0.0, {},
-     ("l060", "budget")),
+    (
+        "queue at dense pushes to l060 (22+8+5=35 <= 36)",
+        ask(latency_budget_ms=40),
+        {"dense": 2},
+        0.0,
+        {},
+        ("l060", "budget"),
+    ),
     ("busy worker counts (24+7+5=36 <= 36)", ask(latency_budget_ms=40), {}, 24.0, {}, ("l050", "budget")),
-    ("own queue fills the batch: no batching delay", ask(latency_budget_ms=100, images=8), {}, 0.0, {}, ("dense", "budget")),
+    (
+        "own queue fills the batch: no batching delay",
+        ask(latency_budget_ms=100, images=8),
+        {},
+        0.0,
+        {},
+        ("dense", "budget"),
+    ),
     ("elapsed decode time is spent budget", ask(latency_budget_ms=20, elapsed_ms=5.5), {}, 0.0, {}, ("l050", "budget")),
     ("density name pins", ask(density="l060"), {}, 0.0, {}, ("l060", "density")),
     ("density number: densest under it", ask(density=0.8), {}, 0.0, {}, ("l080", "density")),
     ("density 1.0 is dense", ask(density=1.0), {}, 0.0, {}, ("dense", "density")),
     ("density 0.6 picks l060 (0.59)", ask(density=0.6), {}, 0.0, {}, ("l060", "density")),
     ("min_accuracy alone: fastest meeting it", ask(min_accuracy=0.75), {}, 0.0, {}, ("l060", "accuracy")),
-    ("min_accuracy + budget: densest meeting both", ask(min_accuracy=0.75, latency_budget_ms=100), {}, 0.0, {},
-     ("dense", "budget")),
+    (
+        "min_accuracy + budget: densest meeting both",
+        ask(min_accuracy=0.75, latency_budget_ms=100),
+        {},
+        0.0,
+        {},
+        ("dense", "budget"),
+    ),
     ("min_accuracy + tight budget", ask(min_accuracy=0.75, latency_budget_ms=15), {}, 0.0, {}, ("l060", "budget")),
     ("fixed policy pins", ask(), {}, 0.0, {"fixed_density": "l050"}, ("l050", "policy")),
     ("fixed:1.0", ask(latency_budget_ms=500), {}, 0.0, {"fixed_density": 1.0}, ("dense", "policy")),
-    ("request density beats fixed policy", ask(density="l080"), {}, 0.0, {"fixed_density": "l050"},
-     ("l080", "density")),
+    (
+        "request density beats fixed policy",
+        ask(density="l080"),
+        {},
+        0.0,
+        {"fixed_density": "l050"},
+        ("l080", "density"),
+    ),
     ("no margin: exact fit", ask(latency_budget_ms=17), {}, 0.0, {"safety_margin": 0.0}, ("dense", "budget")),
 ]
 
@@ -124,7 +157,9 @@ def test_prediction_is_queue_aware():
 def test_choice_is_pure():
     load = LoadSnapshot(queued={"dense": 1}, busy_ms=3.0)
     first = choose_level(Dial(latency_budget_ms=30), load, LAT, levels=LEVELS, policy=POLICY)
-    assert [choose_level(Dial(latency_budget_ms=30), load, LAT, levels=LEVELS, policy=POLICY) for _ in range(3)] == [first] * 3
+    assert [choose_level(Dial(latency_budget_ms=30), load, LAT, levels=LEVELS, policy=POLICY) for _ in range(3)] == [
+        first
+    ] * 3
 
 
 def test_resolve_density_takes_parsed_text_numbers():
@@ -135,7 +170,9 @@ def test_resolve_density_takes_parsed_text_numbers():
 
 def test_hand_back_overhead_counts():
     idle = choose_level(Dial(latency_budget_ms=20), LoadSnapshot(), LAT, levels=LEVELS, policy=POLICY)
-    slow_loop = choose_level(Dial(latency_budget_ms=20), LoadSnapshot(overhead_ms=4.0), LAT, levels=LEVELS, policy=POLICY)
+    slow_loop = choose_level(
+        Dial(latency_budget_ms=20), LoadSnapshot(overhead_ms=4.0), LAT, levels=LEVELS, policy=POLICY
+    )
     assert (idle.level, slow_loop.level) == ("dense", "l060")
 
 
@@ -200,8 +237,16 @@ def test_rungs_are_few_and_well_separated():
     class Measured:
         """Per-image ms at batch 32 as a start-up profile of DeiT-Tiny on the 2-core CPU gave them."""
 
-        per_image = {"dense": 29.1, "l090": 27.5, "l080": 24.8, "l070": 21.0, "l065": 18.4, "l060": 18.4,
-                     "l050": 14.7, "l040": 13.4}
+        per_image = {
+            "dense": 29.1,
+            "l090": 27.5,
+            "l080": 24.8,
+            "l070": 21.0,
+            "l065": 18.4,
+            "l060": 18.4,
+            "l050": 14.7,
+            "l040": 13.4,
+        }
 
         def predict_ms(self, level, batch_size):
             return self.per_image[level] * batch_size
@@ -227,12 +272,15 @@ def test_completion_scale_stretches_predictions_and_waiting():
     load = LoadSnapshot(queued={"dense": 8}, busy_ms=10.0)
     slow = LoadSnapshot(queued={"dense": 8}, busy_ms=10.0, completion_scale=1.5)
     assert predicted_completion_ms("dense", 1, slow, LAT, POLICY) == pytest.approx(
-        1.5 * predicted_completion_ms("dense", 1, load, LAT, POLICY))
+        1.5 * predicted_completion_ms("dense", 1, load, LAT, POLICY)
+    )
     assert waiting_ms(slow, LAT, POLICY) == pytest.approx(1.5 * waiting_ms(load, LAT, POLICY))
     # 270 ms of raw waiting keeps dense; stretched by 1.5 it is past the first rung.
     assert choose_level(Dial(), LoadSnapshot(busy_ms=270.0), LAT, levels=LEVELS, policy=POLICY).level == "dense"
-    assert choose_level(Dial(), LoadSnapshot(busy_ms=270.0, completion_scale=1.5), LAT, levels=LEVELS,
-                        policy=POLICY).level == "l080"
+    assert (
+        choose_level(Dial(), LoadSnapshot(busy_ms=270.0, completion_scale=1.5), LAT, levels=LEVELS, policy=POLICY).level
+        == "l080"
+    )
 
 
 # The rate rule: with max_utilization 0.85 a second of wall time holds 850 ms of compute.
@@ -245,8 +293,7 @@ RATES = [
     ("120/s: l060 (750 ms/s)", 120.0, 0.0, "l060"),
     ("150/s: l050 (787 ms/s)", 150.0, 0.0, "l050"),
     ("500/s: nothing keeps up, the sparsest serves (the deadline sheds the excess)", 500.0, 0.0, "l050"),
-    ("the sparser of the rate rule and the queue rule: 90/s (l080) with 481 ms waiting (l060)", 90.0, 481.0,
-     "l060"),
+    ("the sparser of the rate rule and the queue rule: 90/s (l080) with 481 ms waiting (l060)", 90.0, 481.0, "l060"),
     ("the sparser of the two: 120/s (l060) with 271 ms waiting (l080)", 120.0, 271.0, "l060"),
 ]
 
@@ -285,7 +332,9 @@ OVERLOAD = [
 def test_overload_limit_tightens_with_the_excess():
     assert overload_wait_share(0.5, POLICY) == 1.0 and overload_wait_share(1.0, POLICY) == 1.0
     assert overload_wait_share(1.25, POLICY) == pytest.approx(0.8)  # half way to 1.5x: half of 1 - 0.6
-    assert overload_wait_share(1.5, POLICY) == pytest.approx(0.6) and overload_wait_share(3.0, POLICY) == pytest.approx(0.6)
+    assert overload_wait_share(1.5, POLICY) == pytest.approx(0.6) and overload_wait_share(3.0, POLICY) == pytest.approx(
+        0.6
+    )
 
 
 @pytest.mark.parametrize("case,rate,busy,expected", OVERLOAD, ids=[c[0] for c in OVERLOAD])
@@ -301,15 +350,28 @@ def test_overload_keeps_the_queue_short(case, rate, busy, expected):
 
 def test_overload_share_one_is_off_and_completion_scale_counts_in_capacity():
     off = Policy(**{**POLICY.__dict__, "overload_wait_share": 1.0})
-    assert choose_level(Dial(), LoadSnapshot(busy_ms=800.0, arrival_rate_per_s=200.0), LAT, levels=LEVELS,
-                        policy=off).level == "l050"
+    assert (
+        choose_level(
+            Dial(), LoadSnapshot(busy_ms=800.0, arrival_rate_per_s=200.0), LAT, levels=LEVELS, policy=off
+        ).level
+        == "l050"
+    )
     # 150/s fits l050 (0.79 of its time); measured completions 2x the predictions make it 1.58:
     # overloaded, so 560 ms of waiting work, stretched to 1120, sheds (the limit is 0.6 x 900).
-    assert choose_level(Dial(), LoadSnapshot(busy_ms=560.0, arrival_rate_per_s=150.0), LAT, levels=LEVELS,
-                        policy=POLICY).level == "l050"
+    assert (
+        choose_level(
+            Dial(), LoadSnapshot(busy_ms=560.0, arrival_rate_per_s=150.0), LAT, levels=LEVELS, policy=POLICY
+        ).level
+        == "l050"
+    )
     with pytest.raises(Shed, match="overloaded"):
-        choose_level(Dial(), LoadSnapshot(busy_ms=560.0, arrival_rate_per_s=150.0, completion_scale=2.0), LAT,
-                     levels=LEVELS, policy=POLICY)
+        choose_level(
+            Dial(),
+            LoadSnapshot(busy_ms=560.0, arrival_rate_per_s=150.0, completion_scale=2.0),
+            LAT,
+            levels=LEVELS,
+            policy=POLICY,
+        )
 
 
 def test_completion_scale_does_not_push_a_light_load_off_dense():

@@ -21,7 +21,9 @@ def test_torch_threads_setting_reaches_the_worker_thread():
     try:
         with running_server(torch_threads=1, default_budget_ms=60_000) as s:
             assert s.engine.torch_threads == 1
-            r = httpx.post(f"{s.url}/v1/classify", content=png_bytes(), headers={"content-type": "image/png"}, timeout=60)
+            r = httpx.post(
+                f"{s.url}/v1/classify", content=png_bytes(), headers={"content-type": "image/png"}, timeout=60
+            )
             assert r.status_code == 200, r.text
         torch.set_num_threads(before)  # the count is process-wide: undo it for the next server
         with running_server(default_budget_ms=60_000) as s:  # 0: torch's default, left alone
@@ -33,8 +35,17 @@ def test_torch_threads_setting_reaches_the_worker_thread():
 # -- the interface the front end uses, on an engine in this process -------------------------------
 @pytest.fixture(scope="module")
 def engine():
-    eng = Engine.load(Settings(model=TINY, device="cpu", max_batch_size=2, max_queue_delay_ms=0, idle_probe_s=0,
-                               levels="dense,l070,l050", default_budget_ms=60_000))
+    eng = Engine.load(
+        Settings(
+            model=TINY,
+            device="cpu",
+            max_batch_size=2,
+            max_queue_delay_ms=0,
+            idle_probe_s=0,
+            levels="dense,l070,l050",
+            default_budget_ms=60_000,
+        )
+    )
     yield eng
     eng.close(5)
 
@@ -69,8 +80,9 @@ def test_infer_serves_at_the_chosen_level_and_accounts_once(engine):
     engine.request_started()
     assert engine.pending() == 1
     result = asyncio.run(engine.infer([image, image], Dial(density="l050", top_k=3), arrival_s=arrival_s))
-    engine.request_finished(api="v2", level=result.decision.level, outcome="ok", arrival_s=arrival_s,
-                            deadline_met=result.deadline_met)
+    engine.request_finished(
+        api="v2", level=result.decision.level, outcome="ok", arrival_s=arrival_s, deadline_met=result.deadline_met
+    )
     assert result.decision.level == "l050" and result.decision.reason == "density" and len(result.items) == 2
     assert result.top_k == 3 and len(result.items[0].top(3)[1]) == 3 and result.deadline_met
     assert engine.pending() == 0
@@ -89,12 +101,15 @@ def test_drain_refuses_new_requests(engine):
         engine.admit()
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"level_card": "/nonexistent/card.json"}, "SAIT_LEVEL_CARD"),
-    ({"levels": "dense,l033"}, "SAIT_LEVELS: unknown level(s) l033"),
-    ({"policy": "fixed:l033"}, "SAIT_POLICY"),
-    ({"levels": "dense,l070", "policy": "fixed:l050"}, "SAIT_POLICY"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"level_card": "/nonexistent/card.json"}, "SAIT_LEVEL_CARD"),
+        ({"levels": "dense,l033"}, "SAIT_LEVELS: unknown level(s) l033"),
+        ({"policy": "fixed:l033"}, "SAIT_POLICY"),
+        ({"levels": "dense,l070", "policy": "fixed:l050"}, "SAIT_POLICY"),
+    ],
+)
 def test_startup_errors_are_one_line(overrides, message):
     with pytest.raises(StartupError) as info:
         Engine.load(Settings(model=TINY, device="cpu", **overrides))

@@ -8,8 +8,9 @@ from service.engine.latency_model import LatencyModel, monotone_profile
 
 
 def test_latency_model_interpolates_and_corrects_online():
-    lm = LatencyModel(profile_ms={"dense": {1: 10.0, 2: 14.0, 4: 22.0, 8: 38.0}}, max_batch_size=8, alpha=0.5,
-                      level_alpha=0.0)
+    lm = LatencyModel(
+        profile_ms={"dense": {1: 10.0, 2: 14.0, 4: 22.0, 8: 38.0}}, max_batch_size=8, alpha=0.5, level_alpha=0.0
+    )
     assert [round(lm.predict_ms("dense", b), 3) for b in (1, 2, 3, 4, 6, 8)] == [10, 14, 18, 22, 30, 38]
     assert lm.predict_ms("dense", 12) == pytest.approx(38 + 22)  # a full batch, then 4
     lm.observe("dense", 4, 44.0)  # twice as slow -> scale 1.5 after one EWMA step
@@ -36,9 +37,11 @@ def test_level_factor_learns_what_the_profile_got_wrong_about_one_level():
 
 
 def test_monotone_profile_averages_away_a_noisy_sample():
-    noisy = {"dense": {1: 40.0, 4: 80.0, 8: 150.0},
-             "l070": {1: 30.0, 4: 70.0, 8: 200.0},   # b8 noisy: slower than dense
-             "l050": {1: 60.0, 4: 50.0, 8: 100.0}}   # b1 noisy: slower than dense and than its own b4
+    noisy = {
+        "dense": {1: 40.0, 4: 80.0, 8: 150.0},
+        "l070": {1: 30.0, 4: 70.0, 8: 200.0},  # b8 noisy: slower than dense
+        "l050": {1: 60.0, 4: 50.0, 8: 100.0},
+    }  # b1 noisy: slower than dense and than its own b4
     clean = monotone_profile(noisy, ("dense", "l070", "l050"))
     for b in (1, 4, 8):
         assert clean["dense"][b] >= clean["l070"][b] >= clean["l050"][b]

@@ -1,4 +1,5 @@
 """The engine's load signals: the arrival rate and the completion-time correction."""
+
 from __future__ import annotations
 
 import pytest

@@ -39,15 +39,33 @@ def test_failing_batch_fails_only_its_requests_and_the_worker_lives_on():
     worker.start()
     out: list = []
     done = threading.Event()
-    poisoned = WorkItem(image=torch.full((3, 224, 224), 255, dtype=torch.uint8), level="dense",
-                        deadline_s=time.perf_counter() + 10, on_done=lambda r: (out.append(("bad", r)), done.set()))
+    poisoned = WorkItem(
+        image=torch.full((3, 224, 224), 255, dtype=torch.uint8),
+        level="dense",
+        deadline_s=time.perf_counter() + 10,
+        on_done=lambda r: (out.append(("bad", r)), done.set()),
+    )
     b.put([poisoned])
     assert done.wait(5)
     done.clear()
-    b.put([WorkItem(image=IMG, level="dense", deadline_s=time.perf_counter() + 10,
-                    on_done=lambda r: (out.append(("good", r)), done.set()))])
+    b.put(
+        [
+            WorkItem(
+                image=IMG,
+                level="dense",
+                deadline_s=time.perf_counter() + 10,
+                on_done=lambda r: (out.append(("good", r)), done.set()),
+            )
+        ]
+    )
     assert done.wait(5)
-    b.put([WorkItem(image=IMG, level="dense", deadline_s=time.perf_counter() - 1, on_done=lambda r: out.append(("late", r)))])
+    b.put(
+        [
+            WorkItem(
+                image=IMG, level="dense", deadline_s=time.perf_counter() - 1, on_done=lambda r: out.append(("late", r))
+            )
+        ]
+    )
     deadline = time.monotonic() + 5
     while len(out) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -72,8 +90,11 @@ class SlowRunner:
         if self.fail:
             raise RuntimeError("probe input refused")
         time.sleep(self.ms / 1e3)
-        return RunOutput(probs=torch.zeros(len(x), 2), topk_values=torch.zeros(len(x), 1),
-                         topk_indices=torch.zeros(len(x), 1, dtype=torch.long))
+        return RunOutput(
+            probs=torch.zeros(len(x), 2),
+            topk_values=torch.zeros(len(x), 1),
+            topk_indices=torch.zeros(len(x), 1, dtype=torch.long),
+        )
 
 
 def idle_worker(runner, probe):

@@ -11,8 +11,9 @@ from svc_helpers import MAX_BODY, running_server
 @pytest.fixture(scope="session")
 def server():
     # A generous default budget: on a shared 2-core runner a tiny batch can take a second.
-    with running_server(max_body_bytes=MAX_BODY, max_queue_delay_ms=30, max_batch_size=8,
-                        default_budget_ms=60_000) as s:
+    with running_server(
+        max_body_bytes=MAX_BODY, max_queue_delay_ms=30, max_batch_size=8, default_budget_ms=60_000
+    ) as s:
         yield s
 
 

@@ -34,8 +34,9 @@ def test_failed_warm_up_never_turns_ready_and_liveness_fails():
     model = load_model(TINY)
     runner = BrokenRunner(create_runner(model, device="cpu", cuda_graphs=False, max_batch_size=2))
     engine = Engine(settings=settings, model=model, runner=runner, card=None)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, engine=engine), host="127.0.0.1", port=port,
-                                           log_level="critical"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, engine=engine), host="127.0.0.1", port=port, log_level="critical")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -82,11 +83,21 @@ def test_metric_families(http):
     assert http.post(f"/v2/models/{TINY}/infer", json=v2).status_code == 200
     assert http.post("/v1/classify", content=b"not an image").status_code == 400
     text = http.get("/metrics").text
-    for family in ("sait_requests_total", "sait_request_duration_seconds_bucket", "sait_queue_duration_seconds_bucket",
-                   "sait_compute_duration_seconds_bucket", "sait_batch_size_bucket", "sait_deadline_total",
-                   "sait_queue_depth", "sait_level_chosen_total", "sait_ready", "sait_inflight_requests",
-                   "sait_cuda_graph_capture_seconds", "sait_cuda_graph_memory_bytes",
-                   "sait_arrival_rate_images_per_second"):
+    for family in (
+        "sait_requests_total",
+        "sait_request_duration_seconds_bucket",
+        "sait_queue_duration_seconds_bucket",
+        "sait_compute_duration_seconds_bucket",
+        "sait_batch_size_bucket",
+        "sait_deadline_total",
+        "sait_queue_depth",
+        "sait_level_chosen_total",
+        "sait_ready",
+        "sait_inflight_requests",
+        "sait_cuda_graph_capture_seconds",
+        "sait_cuda_graph_memory_bytes",
+        "sait_arrival_rate_images_per_second",
+    ):
         assert f"\n{family}" in text, family
     assert metric_value(text, "sait_ready") == 1.0
     assert metric_value(text, "sait_requests_total", api="v1", outcome="ok") > 0

@@ -20,13 +20,16 @@ def test_decode_formats():
     assert out.dtype == torch.uint8 and out.shape == (3, 224, 224)
 
 
-@pytest.mark.parametrize("case,data,message", [
-    ("empty", b"", "empty image"),
-    ("not an image", b"hello, this is text", "not an image"),
-    ("truncated JPEG", jpeg_bytes()[:3000], "truncated or corrupt"),
-    ("bomb", png_bomb(), "over the limit"),
-    ("gif is not accepted", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", "not an image"),
-])
+@pytest.mark.parametrize(
+    "case,data,message",
+    [
+        ("empty", b"", "empty image"),
+        ("not an image", b"hello, this is text", "not an image"),
+        ("truncated JPEG", jpeg_bytes()[:3000], "truncated or corrupt"),
+        ("bomb", png_bomb(), "over the limit"),
+        ("gif is not accepted", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", "not an image"),
+    ],
+)
 def test_decode_refuses(case, data, message):
     with pytest.raises(BadRequest, match=message):
         decode_image(data, CFG, max_pixels=40_000_000)

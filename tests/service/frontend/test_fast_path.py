@@ -1,4 +1,5 @@
 """service.frontend.fast_path: the inference routes without FastAPI answer as the FastAPI routes do."""
+
 import asyncio
 import json
 
@@ -11,15 +12,18 @@ from service.frontend import v1
 from service.frontend.fast_path import FastInference, _handler, _route_path
 
 
-@pytest.mark.parametrize("path, routed", [
-    ("/v1/classify", True),
-    ("/v2/models/m/infer", True),
-    ("/v2/models/m/versions/1/infer", True),
-    ("/v2/models/m/ready", False),
-    ("/v2/models/a/b/infer", False),
-    ("/v1/classify/extra", False),
-    ("/metrics", False),
-])
+@pytest.mark.parametrize(
+    "path, routed",
+    [
+        ("/v1/classify", True),
+        ("/v2/models/m/infer", True),
+        ("/v2/models/m/versions/1/infer", True),
+        ("/v2/models/m/ready", False),
+        ("/v2/models/a/b/infer", False),
+        ("/v1/classify/extra", False),
+        ("/metrics", False),
+    ],
+)
 def test_only_the_inference_paths_are_routed(path, routed):
     assert (_handler(path) is not None) is routed
     assert _handler("/v1/classify") is v1.classify_request
@@ -32,10 +36,20 @@ def test_route_path_drops_the_root_path():
 
 def _uint8_body(n: int, params: dict) -> tuple[bytes, dict]:
     x = np.random.default_rng(0).integers(0, 256, (n, 3, 224, 224), dtype=np.uint8)
-    head = json.dumps({"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": list(x.shape),
-                                   "parameters": {"binary_data_size": x.nbytes}}],
-                       "outputs": [{"name": "top_k_indices", "parameters": {"binary_data": False}}],
-                       "parameters": params}).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "datatype": "UINT8",
+                    "shape": list(x.shape),
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "top_k_indices", "parameters": {"binary_data": False}}],
+            "parameters": params,
+        }
+    ).encode()
     return head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head))}
 
 
@@ -83,8 +97,9 @@ def test_fast_path_and_fastapi_answer_alike():
             # The same app object, its lifespan already run by the server: the FastAPI routes.
             transport = httpx.ASGITransport(app=srv.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
-                return [await client.request(m, path, content=body, headers=headers)
-                        for m, path, body, headers in cases]
+                return [
+                    await client.request(m, path, content=body, headers=headers) for m, path, body, headers in cases
+                ]
 
         slow = asyncio.run(through_fastapi())
     statuses = [r.status_code for r in fast]

@@ -8,8 +8,12 @@ from svc_helpers import MAX_BODY, jpeg_bytes, png_bomb, png_bytes
 
 # -- native API -------------------------------------------------------------------------------------
 def test_v1_raw_body_and_multipart(http):
-    r = http.post("/v1/classify", content=jpeg_bytes(seed=5), headers={"Content-Type": "image/jpeg"},
-                  params={"top_k": 3, "latency_budget_ms": 10_000})
+    r = http.post(
+        "/v1/classify",
+        content=jpeg_bytes(seed=5),
+        headers={"Content-Type": "image/jpeg"},
+        params={"top_k": 3, "latency_budget_ms": 10_000},
+    )
     assert r.status_code == 200, r.text
     doc = r.json()
     assert len(doc["predictions"]) == 3 and doc["deadline_met"] is True
@@ -21,21 +25,28 @@ def test_v1_raw_body_and_multipart(http):
     assert r.status_code == 200 and r.json()["level"] == "l060" and r.json()["reason"] == "density"
 
 
-@pytest.mark.parametrize("case,body,params,status,message", [
-    ("non-image bytes", b"GET / HTTP/1.1 pretending", {}, 400, "not an image"),
-    ("truncated JPEG", jpeg_bytes()[:4000], {}, 400, "truncated"),
-    ("empty body", b"", {}, 400, "empty image"),
-    ("huge dimensions", png_bomb(), {}, 400, "SAIT_MAX_IMAGE_PIXELS"),
-    ("body over the limit", b"\xff" * (MAX_BODY + 1), {}, 413, "SAIT_MAX_BODY_BYTES"),
-    ("density out of range", None, {"density": "0"}, 400, "out of range"),
-    ("budget not a number", None, {"latency_budget_ms": "soon"}, 400, "must be a number"),
-    ("accuracy out of range", None, {"min_accuracy": "-0.1"}, 400, "out of range"),
-    ("top_k out of range", None, {"top_k": "5000"}, 400, "top_k"),
-    ("budget nobody can meet", None, {"latency_budget_ms": "0.01"}, 429, "cannot meet"),
-])
+@pytest.mark.parametrize(
+    "case,body,params,status,message",
+    [
+        ("non-image bytes", b"GET / HTTP/1.1 pretending", {}, 400, "not an image"),
+        ("truncated JPEG", jpeg_bytes()[:4000], {}, 400, "truncated"),
+        ("empty body", b"", {}, 400, "empty image"),
+        ("huge dimensions", png_bomb(), {}, 400, "SAIT_MAX_IMAGE_PIXELS"),
+        ("body over the limit", b"\xff" * (MAX_BODY + 1), {}, 413, "SAIT_MAX_BODY_BYTES"),
+        ("density out of range", None, {"density": "0"}, 400, "out of range"),
+        ("budget not a number", None, {"latency_budget_ms": "soon"}, 400, "must be a number"),
+        ("accuracy out of range", None, {"min_accuracy": "-0.1"}, 400, "out of range"),
+        ("top_k out of range", None, {"top_k": "5000"}, 400, "top_k"),
+        ("budget nobody can meet", None, {"latency_budget_ms": "0.01"}, 429, "cannot meet"),
+    ],
+)
 def test_v1_bad_input_gets_clear_4xx(http, case, body, params, status, message):
-    r = http.post("/v1/classify", content=png_bytes() if body is None else body, params=params,
-                  headers={"Content-Type": "image/jpeg"})
+    r = http.post(
+        "/v1/classify",
+        content=png_bytes() if body is None else body,
+        params=params,
+        headers={"Content-Type": "image/jpeg"},
+    )
     assert r.status_code == status, r.text
     assert message in r.json()["error"]
     if status == 429:

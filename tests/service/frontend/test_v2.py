@@ -31,10 +31,13 @@ def test_infer_bytes_binary_with_classification_and_parameters(client):
     data = np.array([jpeg_bytes(seed=1), png_bytes()], dtype=object)
     inp = triton.InferInput("image", [2], "BYTES")
     inp.set_data_from_numpy(data, binary_data=True)
-    outputs = [triton.InferRequestedOutput("probabilities", binary_data=True),
-               triton.InferRequestedOutput("probabilities", class_count=3)]
-    res = client.infer(TINY, [inp], outputs=outputs[:1], parameters={"density": "l050", "latency_budget_ms": 5000},
-                       request_id="req-7")
+    outputs = [
+        triton.InferRequestedOutput("probabilities", binary_data=True),
+        triton.InferRequestedOutput("probabilities", class_count=3),
+    ]
+    res = client.infer(
+        TINY, [inp], outputs=outputs[:1], parameters={"density": "l050", "latency_budget_ms": 5000}, request_id="req-7"
+    )
     probs = res.as_numpy("probabilities")
     assert probs.shape == (2, 1000) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
@@ -61,15 +64,27 @@ def test_infer_uint8_binary_and_json(client):
     one = x[:1]
     inp = triton.InferInput("pixels", list(one.shape), "UINT8")
     inp.set_data_from_numpy(one, binary_data=False)
-    js = client.infer(TINY, [inp], outputs=[triton.InferRequestedOutput("probabilities", binary_data=False)],
-                      parameters={"density": "dense"})
+    js = client.infer(
+        TINY,
+        [inp],
+        outputs=[triton.InferRequestedOutput("probabilities", binary_data=False)],
+        parameters={"density": "dense"},
+    )
     np.testing.assert_allclose(js.as_numpy("probabilities")[0], binary.as_numpy("probabilities")[0], atol=1e-6)
 
 
 def test_infer_json_bytes_base64(http):
-    body = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                        "data": [base64.b64encode(jpeg_bytes(seed=3)).decode()]}],
-            "parameters": {"top_k": 2, "priority": 1, "timeout": 5_000_000}}
+    body = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(jpeg_bytes(seed=3)).decode()],
+            }
+        ],
+        "parameters": {"top_k": 2, "priority": 1, "timeout": 5_000_000},
+    }
     r = http.post(f"/v2/models/{TINY}/infer", json=body)
     assert r.status_code == 200, r.text
     doc = r.json()
@@ -85,13 +100,16 @@ def test_statistics_extension(client):
     assert all({"batch_size", "compute_infer"} <= set(b) for b in stats["batch_stats"])
 
 
-@pytest.mark.parametrize("case,params,message", [
-    ("density out of range", {"density": 2.0}, "out of range"),
-    ("unknown level", {"density": "l001"}, "unknown level"),
-    ("budget out of range", {"latency_budget_ms": -1}, "out of range"),
-    ("accuracy without a card", {"min_accuracy": 0.5}, "level card"),
-    ("accuracy out of range", {"min_accuracy": 3}, "out of range"),
-])
+@pytest.mark.parametrize(
+    "case,params,message",
+    [
+        ("density out of range", {"density": 2.0}, "out of range"),
+        ("unknown level", {"density": "l001"}, "unknown level"),
+        ("budget out of range", {"latency_budget_ms": -1}, "out of range"),
+        ("accuracy without a card", {"min_accuracy": 0.5}, "level card"),
+        ("accuracy out of range", {"min_accuracy": 3}, "out of range"),
+    ],
+)
 def test_v2_bad_dials(client, case, params, message):
     inp = triton.InferInput("image", [1], "BYTES")
     inp.set_data_from_numpy(np.array([png_bytes()], dtype=object))
@@ -115,15 +133,30 @@ def test_v2_errors(client, http):
     with pytest.raises(InferenceServerException, match="unknown model") as info:
         client.infer("resnet50", [inp])
     assert info.value.status() == "404"
-    head = json.dumps({"inputs": [{"name": "pixels", "shape": [1, 3, 224, 224], "datatype": "UINT8",
-                                   "parameters": {"binary_data_size": 150528}}]}).encode()
-    r = http.post(f"/v2/models/{TINY}/infer", content=head + b"\0" * 1000,
-                  headers={"Inference-Header-Content-Length": str(len(head))})
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "shape": [1, 3, 224, 224],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": 150528},
+                }
+            ]
+        }
+    ).encode()
+    r = http.post(
+        f"/v2/models/{TINY}/infer",
+        content=head + b"\0" * 1000,
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )
     assert r.status_code == 400 and "binary_data_size" in r.json()["error"]
     r = http.post(f"/v2/models/{TINY}/infer", content=b'{"inputs": [', headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "malformed JSON" in r.json()["error"]
     bad = base64.b64encode(b"not an image").decode()
-    r = http.post(f"/v2/models/{TINY}/infer",
-                  json={"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [bad]}]})
+    r = http.post(
+        f"/v2/models/{TINY}/infer",
+        json={"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [bad]}]},
+    )
     assert r.status_code == 400 and "not an image" in r.json()["error"]
     assert http.get("/v2/models/unknown/config").status_code == 404

@@ -33,21 +33,41 @@ def test_bytes_input_binary_round_trip():
     imgs = [b"abc", b"", b"\x00\x01"]
     blob = serialize_bytes(imgs)
     assert deserialize_bytes(blob) == imgs
-    body, n = binary_request({"inputs": [{"name": "image", "shape": [3], "datatype": "BYTES",
-                                          "parameters": {"binary_data_size": len(blob)}}],
-                              "parameters": {"density": "l050"}}, blob)
+    body, n = binary_request(
+        {
+            "inputs": [
+                {"name": "image", "shape": [3], "datatype": "BYTES", "parameters": {"binary_data_size": len(blob)}}
+            ],
+            "parameters": {"density": "l050"},
+        },
+        blob,
+    )
     req = parse_infer_request(body, n, input_size=SIZE, max_batch_size=8)
     assert req.images == imgs and req.batch == 3 and req.parameters == {"density": "l050"}
 
 
 def test_pixels_input_binary_and_json():
     x = np.arange(2 * 3 * 224 * 224, dtype=np.uint64).astype(np.uint8).reshape(2, 3, 224, 224)
-    body, n = binary_request({"inputs": [{"name": "pixels", "shape": [2, 3, 224, 224], "datatype": "UINT8",
-                                          "parameters": {"binary_data_size": x.nbytes}}]}, x.tobytes())
+    body, n = binary_request(
+        {
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "shape": [2, 3, 224, 224],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ]
+        },
+        x.tobytes(),
+    )
     req = parse_infer_request(body, n, input_size=SIZE, max_batch_size=8)
     assert torch.equal(req.pixels, torch.from_numpy(x))
-    small = {"inputs": [{"name": "pixels", "shape": [1, 3, 224, 224], "datatype": "UINT8",
-                         "data": x[:1].reshape(-1).tolist()}]}
+    small = {
+        "inputs": [
+            {"name": "pixels", "shape": [1, 3, 224, 224], "datatype": "UINT8", "data": x[:1].reshape(-1).tolist()}
+        ]
+    }
     req = parse_infer_request(json.dumps(small).encode(), None, input_size=SIZE, max_batch_size=8)
     assert torch.equal(req.pixels, torch.from_numpy(x[:1]))
 
@@ -56,18 +76,50 @@ BAD_REQUESTS = [
     ("malformed JSON", b"{nope", None, "malformed JSON"),
     ("not an object", b"[1]", None, "JSON object"),
     ("no inputs", b"{}", None, "no 'inputs'"),
-    ("unknown input", json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": []}]}).encode(),
-     None, "unexpected inference input"),
-    ("wrong datatype", json.dumps({"inputs": [{"name": "pixels", "shape": [1, 3, 224, 224], "datatype": "FP32",
-                                               "data": []}]}).encode(), None, "datatype 'FP32'"),
-    ("wrong shape", json.dumps({"inputs": [{"name": "pixels", "shape": [1, 3, 100, 100], "datatype": "UINT8",
-                                            "data": []}]}).encode(), None, "unexpected shape"),
-    ("batch too large", json.dumps({"inputs": [{"name": "pixels", "shape": [9, 3, 224, 224], "datatype": "UINT8",
-                                                "data": []}]}).encode(), None, "batch-size must be <= 8"),
-    ("pixel values out of range", json.dumps({"inputs": [{"name": "pixels", "shape": [1, 1, 1, 1], "datatype": "UINT8",
-                                                          "data": [300]}]}).encode(), None, "unexpected shape"),
-    ("JSON BYTES not base64", json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                                                      "data": ["%%%"]}]}).encode(), None, "base64"),
+    (
+        "unknown input",
+        json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": []}]}).encode(),
+        None,
+        "unexpected inference input",
+    ),
+    (
+        "wrong datatype",
+        json.dumps(
+            {"inputs": [{"name": "pixels", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": []}]}
+        ).encode(),
+        None,
+        "datatype 'FP32'",
+    ),
+    (
+        "wrong shape",
+        json.dumps(
+            {"inputs": [{"name": "pixels", "shape": [1, 3, 100, 100], "datatype": "UINT8", "data": []}]}
+        ).encode(),
+        None,
+        "unexpected shape",
+    ),
+    (
+        "batch too large",
+        json.dumps(
+            {"inputs": [{"name": "pixels", "shape": [9, 3, 224, 224], "datatype": "UINT8", "data": []}]}
+        ).encode(),
+        None,
+        "batch-size must be <= 8",
+    ),
+    (
+        "pixel values out of range",
+        json.dumps(
+            {"inputs": [{"name": "pixels", "shape": [1, 1, 1, 1], "datatype": "UINT8", "data": [300]}]}
+        ).encode(),
+        None,
+        "unexpected shape",
+    ),
+    (
+        "JSON BYTES not base64",
+        json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["%%%"]}]}).encode(),
+        None,
+        "base64",
+    ),
     ("header length past body", b"{}", "99", "body has 2 bytes"),
     ("header length not a number", b"{}", "x", "must be an integer"),
 ]
@@ -91,8 +143,14 @@ def test_binary_size_mismatches():
     with pytest.raises(BadRequest, match="needs 150528 UINT8 bytes, got 100"):
         parse_infer_request(body, n, input_size=SIZE, max_batch_size=8)
     blob = struct.pack("<I", 50) + b"short"
-    body, n = binary_request({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                                          "parameters": {"binary_data_size": len(blob)}}]}, blob)
+    body, n = binary_request(
+        {
+            "inputs": [
+                {"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(blob)}}
+            ]
+        },
+        blob,
+    )
     with pytest.raises(BadRequest, match="claims 50 bytes"):
         parse_infer_request(body, n, input_size=SIZE, max_batch_size=8)
 
@@ -101,11 +159,18 @@ def test_response_binary_json_and_classification():
     probs = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]])
     top = torch.tensor([[1, 2], [0, 2]])
     labels = ["cat", "dog", "eel"]
-    req = InferRequest(id="r1", input_name="image", images=[b"", b""],
-                       outputs=[RequestedOutput("probabilities", binary=True),
-                                RequestedOutput("probabilities", binary=False, classification=2)])
-    body, headers, media = build_infer_response(model_name="m", request=req, probs=probs, top_k_indices=top,
-                                                labels=labels, parameters={"level": "dense"})
+    req = InferRequest(
+        id="r1",
+        input_name="image",
+        images=[b"", b""],
+        outputs=[
+            RequestedOutput("probabilities", binary=True),
+            RequestedOutput("probabilities", binary=False, classification=2),
+        ],
+    )
+    body, headers, media = build_infer_response(
+        model_name="m", request=req, probs=probs, top_k_indices=top, labels=labels, parameters={"level": "dense"}
+    )
     n = int(headers[HEADER_LENGTH])
     doc = json.loads(body[:n])
     assert doc["id"] == "r1" and doc["model_name"] == "m" and doc["parameters"] == {"level": "dense"}
@@ -117,8 +182,9 @@ def test_response_binary_json_and_classification():
     assert media == "application/octet-stream"
     # No outputs listed and no binary_data_output: every output as JSON.
     req = InferRequest(id=None, input_name="image", images=[b"", b""])
-    body, headers, media = build_infer_response(model_name="m", request=req, probs=probs, top_k_indices=top,
-                                                labels=labels, parameters={})
+    body, headers, media = build_infer_response(
+        model_name="m", request=req, probs=probs, top_k_indices=top, labels=labels, parameters={}
+    )
     doc = json.loads(body)
     assert not headers and media == "application/json"
     assert [o["name"] for o in doc["outputs"]] == ["probabilities", "top_k_indices"]
