@@ -29,7 +29,7 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: install
+test: install lint
 	$(PY) -m pytest -q -ra
 
 serve: install

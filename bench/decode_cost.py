@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         for level in model.levels:
             ms = cpu_ms(lambda lv=level: model(xn, level=lv), args.repeats) / args.batch_size
             print(
-                f"model {level:6s}: {ms:6.1f} CPU ms per image (batch {args.batch_size}); decode is {decode_ms / ms:.2f}x it"
+                f"model {level:6s}: {ms:6.1f} CPU ms per image (batch {args.batch_size}); "
+                f"decode is {decode_ms / ms:.2f}x it"
             )
     return 0
 

@@ -21,13 +21,13 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from models.weights import TINY_TEST_MODEL, create_timm_model
 from bench.environment import describe
 from bench.loadgen.client import Result, Target, discover_v2_io, send
 from bench.loadgen.payloads import DEFAULT_IMAGE_DIR, load_folder, synthetic
 from bench.loadgen.scenario import Dials
 from bench.loadgen.server import ServerProcess
 from models.device import resolve_device
+from models.weights import TINY_TEST_MODEL, create_timm_model
 
 INPUT_KINDS = ("uint8", "jpeg")
 
@@ -106,7 +106,7 @@ async def closed_loop(
 def summarize(results: list[Result], elapsed_s: float) -> dict:
     ok = [r for r in results if r.outcome == "ok"]
     lat = sorted(r.latency_ms for r in ok)
-    q = lambda p: lat[min(len(lat) - 1, round(p / 100 * (len(lat) - 1)))] if lat else float("nan")  # noqa: E731
+    q = lambda p: lat[min(len(lat) - 1, round(p / 100 * (len(lat) - 1)))] if lat else float("nan")
     return {
         "requests": len(results),
         "ok": len(ok),
@@ -165,12 +165,12 @@ def run_e2e_bench(cfg: E2EBenchConfig) -> dict:
             for level, kind in tqdm([(lv, k) for lv in cfg.levels for k in cfg.inputs], desc="e2e", unit="run"):
                 dials = Dials(name=level, density=level, latency_budget_ms=budget_ms)
                 target = Target(api="v2", kind=kind, model=cfg.model)
-                run = lambda s: asyncio.run(
+                run = lambda s, target=target, dials=dials, kind=kind: asyncio.run(
                     closed_loop(
                         server.url,
                         target,
                         dials,
-                        kind_payloads[kind],  # noqa: E731
+                        kind_payloads[kind],
                         concurrency=cfg.concurrency,
                         duration_s=s,
                         budget_ms=budget_ms,

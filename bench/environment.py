@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import torch
+
 from models.machine import cpu_model
 
 

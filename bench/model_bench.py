@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import gc
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 from tqdm import tqdm
 
-from models import load_model
 from bench.environment import describe
 from bench.timing import Timing, time_calls
-from service.device.factory import create_runner
+from models import load_model
 from models.device import resolve_device
 from service.device.runner import EagerRunner, Runner, resolve_precision
 
@@ -120,12 +120,11 @@ def run_model_bench(cfg: ModelBenchConfig) -> dict:
         for mode, level, batch in tqdm(
             tput_cells, desc=f"{cfg.model} images/s, pass {r + 1}/{cfg.rounds}", unit="cell"
         ):
-            tput_samples[(mode, level, batch)] += time_calls(
-                lambda: runners[mode].run(level, x[:batch]), **per_round
-            ).samples_s
+            run = partial(runners[mode].run, level, x[:batch])
+            tput_samples[(mode, level, batch)] += time_calls(run, **per_round).samples_s
         for mode, level in tqdm(lat_cells, desc=f"{cfg.model} batch-1 latency, pass {r + 1}/{cfg.rounds}", unit="cell"):
             lat_samples[(mode, level)] += time_calls(
-                lambda: runners[mode].run(level, x[:1]),
+                partial(runners[mode].run, level, x[:1]),
                 warmup=3,
                 **dict(per_round, min_calls=min(max(cfg.min_calls, 10), cfg.max_calls)),
             ).samples_s

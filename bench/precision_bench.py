@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from models import load_model
-from models.preprocess import DataConfig, pil_to_uint8
 from bench.environment import describe
-from service.device.factory import create_runner
+from models import load_model
 from models.device import resolve_device
+from models.preprocess import DataConfig, pil_to_uint8
+from service.device.factory import create_runner
 
 ASSETS = Path(__file__).resolve().parents[2].parent / "shared" / "assets"
 IMAGE_SETS = ("imagenet-samples", "imagenet-val")

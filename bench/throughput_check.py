@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from models.machine import cpu_model
 
 TARGET_RATIO = 0.85
@@ -124,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HOME", str(Path(__file__).resolve().parents[2] / "shared" / "assets" / "hf-cache"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from models import load_model
     from bench.loadgen.server import ServerProcess
+    from models import load_model
     from service.device.factory import create_runner
 
     levels = [x.strip() for x in args.levels.split(",") if x.strip()]
@@ -200,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         f"load avg {env['load_average'][0]:.1f})"
     )
     print(
-        "| level | batch | model-only img/s (median) | server img/s (median) | server/model (median of windows) | >= 85 % |"
+        "| level | batch | model-only img/s (median) | server img/s (median) "
+        "| server/model (median of windows) | >= 85 % |"
     )
     print("|---|---:|---:|---:|---:|---|")
     for r in rows:

@@ -8,4 +8,4 @@ from models.loader import load_model
 from models.sparse_vit import SparseViT
 from models.weights import TINY_TEST_MODEL, WeightsError
 
-__all__ = ["DENSE", "Level", "ReductionStep", "SparseViT", "WeightsError", "TINY_TEST_MODEL", "load_model"]
+__all__ = ["DENSE", "TINY_TEST_MODEL", "Level", "ReductionStep", "SparseViT", "WeightsError", "load_model"]

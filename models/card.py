@@ -34,7 +34,7 @@ class LevelCard:
     source: dict
 
     @classmethod
-    def from_dict(cls, data: dict) -> "LevelCard":
+    def from_dict(cls, data: dict) -> LevelCard:
         try:
             entries = tuple(
                 CardEntry(
@@ -57,7 +57,7 @@ class LevelCard:
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "LevelCard":
+    def load(cls, path: str | Path) -> LevelCard:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"level card not found: {p}")
@@ -68,7 +68,7 @@ class LevelCard:
         return cls.from_dict(data)
 
     @classmethod
-    def for_model(cls, model: str) -> "LevelCard":
+    def for_model(cls, model: str) -> LevelCard:
         return cls.load(CARDS_DIR / f"{model}.json")
 
     def entry(self, name: str) -> CardEntry:

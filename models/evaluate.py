@@ -27,10 +27,10 @@ from models.device import DeviceUnavailable, resolve_device
 from models.evalset import EvalSetError, decode_items, read_labels
 from models.levels import DENSE
 from models.loader import load_model
+from models.machine import cpu_model
 from models.preprocess import normalize_uint8
 from models.sparse_vit import SparseViT
 from models.weights import WeightsError
-from models.machine import cpu_model
 
 
 class UsageError(ValueError):
@@ -134,12 +134,16 @@ def evaluate(
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'level':<7} {'reducer':<14} {'GFLOPs':>7} {'ratio':>6} {'top1':>6} {'top5':>6} {'agree':>6} {'img/s':>8}  tokens per block"
+    head = (
+        f"{'level':<7} {'reducer':<14} {'GFLOPs':>7} {'ratio':>6} {'top1':>6} {'top5':>6} {'agree':>6} {'img/s':>8}"
+        "  tokens per block"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['name']:<7} {r['reducer']:<14} {r['gflops']:>7.3f} {r['gflops_ratio']:>6.3f} {r['top1']:>6.2f} "
-            f"{r['top5']:>6.2f} {r['agreement']:>6.3f} {r['images_per_s'] or 0:>8.1f}  {','.join(map(str, r['tokens_per_block']))}"
+            f"{r['top5']:>6.2f} {r['agreement']:>6.3f} {r['images_per_s'] or 0:>8.1f}  "
+            f"{','.join(map(str, r['tokens_per_block']))}"
         )
     return "\n".join(lines)
 

@@ -94,7 +94,8 @@ def card_markdown(card: dict, runs: list[str]) -> str:
     for lv in card["levels"]:
         rows.append(
             f"| {lv['name']} | {lv['reducer']} | {lv['gflops']:.3f} | {lv['gflops_ratio']:.3f} | {lv['top1']:.2f} | "
-            f"{lv['top1'] - dense['top1']:+.2f} | {lv['top5']:.2f} | {lv['agreement']:.3f} | {lv['images_per_s']:.1f} | "
+            f"{lv['top1'] - dense['top1']:+.2f} | {lv['top5']:.2f} | {lv['agreement']:.3f} | "
+            f"{lv['images_per_s']:.1f} | "
             f"{lv['images_per_s'] / dense['images_per_s']:.2f}x |"
         )
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -32,7 +32,7 @@ class DataConfig:
     interpolation: str = "bicubic"
 
     @classmethod
-    def from_timm(cls, timm_model: torch.nn.Module) -> "DataConfig":
+    def from_timm(cls, timm_model: torch.nn.Module) -> DataConfig:
         import timm.data
 
         cfg = timm.data.resolve_model_data_config(timm_model)

@@ -123,7 +123,7 @@ class Settings(BaseSettings):
         return v.lower() if isinstance(v, str) else v
 
     @model_validator(mode="after")
-    def _names(self) -> "Settings":
+    def _names(self) -> Settings:
         if not self.model.strip():
             raise ValueError("model: must not be empty")
         if self.served_model_name is not None and not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.served_model_name):

@@ -18,7 +18,7 @@ import math
 import struct
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 import httpx
 
@@ -33,7 +33,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 
 # The generator's own lean client (bench/loadgen/http1.py), or an httpx one (tests mock
 # servers with httpx's MockTransport): both have get/post, and raise httpx's exceptions.
-HttpClient = Union[Http1Client, httpx.AsyncClient]
+HttpClient = Http1Client | httpx.AsyncClient
 
 
 @dataclass

@@ -55,7 +55,7 @@ def parse_variant(spec: str) -> Variant:
     """`NAME[@CHECKOUT]:K=V;K=V` -> Variant."""
     head, sep, body = spec.partition(":")
     name, _, root = head.partition("@")
-    if not name or not sep and "=" in head:
+    if not name or (not sep and "=" in head):
         raise UsageError(f"variant {spec!r}: expected NAME[@CHECKOUT]:KEY=VALUE;...")
     settings = {}
     for pair in filter(None, body.split(";")):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
 from models.machine import cpu_model, replace_block  # noqa: F401 (re-exported)
 
 

@@ -375,9 +375,11 @@ def markdown(doc: dict, plot_path: Path, docs_path: Path | None) -> str:
     lines = [
         BEGIN,
         f"Measured {doc.get('measured_utc') or _utc(time.time())} on **{doc['cpu']}** "
-        f"({cores()} cores), model `{doc['model']}`, API {doc['api']} with {doc.get('payload', 'jpeg')} payloads, every request with "
+        f"({cores()} cores), model `{doc['model']}`, API {doc['api']} with {doc.get('payload', 'jpeg')} payloads, "
+        "every request with "
         f"`latency_budget_ms={doc['budget_ms']:g}` and no density, {doc['point_s']:g} s of Poisson "
-        f"arrivals per point, one server per policy{', policies interleaved per load' if doc.get('interleave') else ''} (settings {doc['settings']}). "
+        f"arrivals per point, one server per policy"
+        f"{', policies interleaved per load' if doc.get('interleave') else ''} (settings {doc['settings']}). "
         f"Dense capacity (fixed:dense, best closed-loop throughput; clients: {_trials(doc['capacity'])}): "
         f"**{cap:.1f} req/s**{_recalibrated(doc)}. Whole run {doc['wall_s'] / 60:.1f} min.",
         "",
@@ -393,7 +395,8 @@ def markdown(doc: dict, plot_path: Path, docs_path: Path | None) -> str:
             f"| {r['policy']} | {r['load_x']:g}x | {r['offered_rps']:.1f} | {r['goodput_rps']:.1f} | "
             f"{_num(100 * r['attainment'] if r['attainment'] == r['attainment'] else math.nan, '.1f')}% | "
             f"{_num(100 * r['shed_fraction'], '.1f')}% | {r['expired']} | {_num(r['p50_ms'], '.0f')} | "
-            f"{_num(r['p99_ms'], '.0f')} | {_num(r.get('server_p99_ms'), '.0f')} | {_num(r.get('mean_batch'), '.1f')} | "
+            f"{_num(r['p99_ms'], '.0f')} | {_num(r.get('server_p99_ms'), '.0f')} | "
+            f"{_num(r.get('mean_batch'), '.1f')} | "
             f"{_num(r.get('send_lag_p99_ms'), '.0f')} | {_num(r.get('client_cpu_cores'), '.2f')} | {levels} | "
             f"{_top1(r['served_top1'])} |"
         )

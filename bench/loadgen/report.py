@@ -289,8 +289,8 @@ def _mean_batch_text(summary: dict) -> str:
 
 def format_summary(summary: dict) -> str:
     """A few readable lines for the terminal."""
-    pct = lambda x: "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"  # noqa: E731
-    ms = lambda x: "n/a" if math.isnan(x) else f"{x:.0f}"  # noqa: E731
+    pct = lambda x: "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+    ms = lambda x: "n/a" if math.isnan(x) else f"{x:.0f}"
     levels = ", ".join(f"{k} {100 * v:.0f}%" for k, v in summary["level_fractions"].items()) or "none"
     return "\n".join(
         [

@@ -2,16 +2,15 @@
 
     python -m bench.loadgen.serverclock --out out/overload --docs docs/loadtest.md
 
-On one machine the load generator shares the CPU with the server; at the highest loads it
-cannot keep its schedule, and its latencies (measured from the scheduled send time, as they
-must be) then include its own backlog. This table reads the points of the sweep in `<out>/overload.json`, each point's `results.csv`, and adds
-what the server itself reported: the share of requests the client sent more than 100 ms late,
-and the admitted requests whose answer the server timed within their budget. Last, where in
-the point the misses fell: an admitted request that expired or was answered late (client
-clock), counted in the point's first 2 s. A server that met the start of a point with a
-stale latency model (it sat idle while the other policies ran, and the host's speed
-drifted) misses there.
-"""
+On one machine the load generator shares the CPU with the server; at the highest loads it cannot
+keep its schedule, and its latencies (measured from the scheduled send time, as they must be)
+then include its own backlog. This table reads the points of the sweep in `<out>/overload.json`,
+each point's `results.csv`, and adds what the server itself reported: the share of requests the
+client sent more than 100 ms late, and the admitted requests whose answer the server timed
+within their budget. Last, where in the point the misses fell: an admitted request that expired
+or was answered late (client clock), counted in the point's first 2 s. A server that met the
+start of a point with a stale latency model (it sat idle while the other policies ran, and the
+host's speed drifted) misses there."""
 
 from __future__ import annotations
 

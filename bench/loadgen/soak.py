@@ -27,8 +27,8 @@ from pathlib import Path
 
 from bench.loadgen.arrivals import RateProfile
 from bench.loadgen.client import Result, Target
-from bench.loadgen.driver import check_target
 from bench.loadgen.docblock import cpu_model, relpath, replace_block
+from bench.loadgen.driver import check_target
 from bench.loadgen.payloads import DEFAULT_IMAGE_DIR, load_folder, synthetic
 from bench.loadgen.report import latency_stats, mean_batch, time_series, write_json, write_run
 from bench.loadgen.scenario import Dials, Scenario
@@ -231,7 +231,7 @@ def _levels_text(shares: dict) -> str:
 def markdown(summary: dict, plot_path: Path, docs_path: Path | None) -> str:
     s = summary["soak"]
     rel = plot_path.name if docs_path is None else relpath(plot_path, docs_path.parent)
-    verdict = lambda ok: "pass" if ok else "**FAIL**"  # noqa: E731
+    verdict = lambda ok: "pass" if ok else "**FAIL**"
     t = s["targets"]
     return "\n".join(
         [

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, EvalSetError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    cat = lambda ds: {k: torch.cat([d[k] for d in ds]) for k in ds[0]}  # noqa: E731
+    cat = lambda ds: {k: torch.cat([d[k] for d in ds]) for k in ds[0]}
     combined = summarize(model, cat(all_preds), cat(all_buckets), torch.cat(all_labels), routers)
     n_total = sum(v["images"] for v in per_set.values())
     for name, part in per_set.items():

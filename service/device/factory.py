@@ -6,8 +6,8 @@ import logging
 
 from torch import nn
 
-from service.device.cuda_graphs import CudaGraphRunner
 from models.device import resolve_device
+from service.device.cuda_graphs import CudaGraphRunner
 from service.device.runner import EagerRunner, Runner
 
 log = logging.getLogger(__name__)

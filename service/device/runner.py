@@ -191,7 +191,8 @@ class Runner:
         self.warmup_seconds = time.perf_counter() - start
         self.ready = True
         log.info(
-            "runner warm: device=%s precision=%s graphs=%s levels=%d warmup_s=%.2f capture_s=%.2f graph_memory_mib=%.1f",
+            "runner warm: device=%s precision=%s graphs=%s levels=%d warmup_s=%.2f capture_s=%.2f "
+            "graph_memory_mib=%.1f",
             self.device,
             self.precision,
             self.uses_cuda_graphs,

@@ -29,7 +29,6 @@ import torch
 from service.engine.controller import LatencyPredictor
 from service.errors import Unavailable
 
-
 # How late a waiting thread may wake up (Condition.wait overshoots by about a millisecond).
 _WAKE_GUARD_S = 0.005
 

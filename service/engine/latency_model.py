@@ -1,7 +1,7 @@
 """Compute time per (level, batch size): profiled at start-up, corrected online.
 
-The profile measures each level at the batch buckets (service.device.buckets: powers of two and the max) before readiness,
-in interleaved rounds (every level and size once per round) so that a burst of noise on a
+The profile measures each level at the batch buckets (service.device.buckets: powers of two
+and the max) before readiness, in interleaved rounds (every level and size once per round) so that a burst of noise on a
 shared machine hits one sample of many shapes rather than every sample of one. Two facts
 then clean it up (isotonic regression, pool-adjacent-violators): a sparser level does a
 subset of a denser level's work, so it is never slower at the same batch size; and a larger

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from service.engine.batcher import Batch, Batcher
-from service.errors import Expired, InternalError
 from service.engine.latency_model import LatencyModel
+from service.errors import Expired, InternalError
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.frontend import v1, v2
-from service.frontend.inference import error_response
-from service.frontend.decode import ImageDecoder
 from service.engine.core import Engine
 from service.errors import ServiceError
+from service.frontend import v1, v2
+from service.frontend.decode import ImageDecoder
+from service.frontend.inference import error_response
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -9,11 +9,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service.frontend.inference import serve_inference
+from service.dial import DIAL_FIELDS, parse_dial
 from service.engine.core import Engine, RequestResult
 from service.errors import BadRequest
 from service.frontend.body import read_body
-from service.dial import DIAL_FIELDS, parse_dial
+from service.frontend.inference import serve_inference
 
 router = APIRouter(tags=["native"])
 

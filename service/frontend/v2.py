@@ -11,11 +11,11 @@ import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from service.frontend.inference import serve_inference
+from service.dial import DIAL_FIELDS, parse_dial
 from service.engine.core import Engine, ModelInfo, RequestResult
 from service.errors import NotFound
 from service.frontend.body import decompress, read_body
-from service.dial import DIAL_FIELDS, parse_dial
+from service.frontend.inference import serve_inference
 from service.frontend.v2_codec import (
     HEADER_LENGTH,
     INPUT_IMAGE,

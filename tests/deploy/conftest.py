@@ -3,7 +3,8 @@ from Debian's `prometheus` package. Helpers live in deploy_support.py."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import yaml

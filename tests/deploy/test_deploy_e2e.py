@@ -13,9 +13,10 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -122,8 +123,8 @@ class PrometheusServer:
 
 
 def jpeg_bytes(seed: int) -> bytes:
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     pixels = np.random.default_rng(seed).integers(0, 256, size=(64, 80, 3), dtype=np.uint8)
     buffer = io.BytesIO()

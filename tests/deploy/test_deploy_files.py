@@ -72,7 +72,7 @@ def test_compose_mounts_files_that_exist():
     assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == REPO / "Dockerfile"
     for service in ("prometheus", "grafana"):
         for volume in services[service]["volumes"]:
-            host, container_path = volume.split(":")[:2]
+            host, _container_path = volume.split(":")[:2]
             assert (DEPLOY / host).exists(), f"{service} mounts missing {host}"
     config = next(a for a in services["prometheus"]["command"] if a.startswith("--config.file="))
     assert (DEPLOY / "prometheus" / Path(config.split("=", 1)[1]).name).exists()

@@ -3,7 +3,6 @@ library), linted by `helm lint`, and every object validated against Kubernetes' 
 
 from __future__ import annotations
 
-
 import pytest
 from deploy_support import CHART_DIR, NAMESPACE, SCENARIOS, container, find, one
 

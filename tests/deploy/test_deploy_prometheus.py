@@ -10,6 +10,7 @@ import yaml
 from deploy_support import (
     ADAPTER_VALUES,
     DEPLOY,
+    METRIC_RE,
     RULES_DIR,
     TARGET_LABELS,
     contract_metrics,
@@ -20,7 +21,6 @@ from deploy_support import (
     sample_names,
     selectors,
     simulated_pod_scrape_config,
-    METRIC_RE,
 )
 
 

@@ -119,7 +119,7 @@ def test_missing_inputs(eval_set, tmp_path, capsys):
 
 
 def test_undecodable_image(eval_set, tmp_path, capsys):
-    images, labels = eval_set
+    images, _labels = eval_set
     (images / "im1.jpg").write_bytes(b"not a jpeg")
     assert main(args(eval_set, tmp_path)) == 2
     assert "cannot decode image" in capsys.readouterr().err

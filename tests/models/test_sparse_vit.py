@@ -105,7 +105,7 @@ def test_no_host_sync_and_static_token_counts(all_reducers_model, images):
         return hook
 
     with torch.inference_mode():
-        for name, lv in model.levels.items():
+        for name, _lv in model.levels.items():
             handles = [blk.attn.register_forward_pre_hook(record(name)) for blk in model.timm_model.blocks]
             try:
                 with ForbidHostSync():

@@ -40,7 +40,7 @@ def _soak_results(latency_ms, compute_ms) -> list[Result]:
 def test_soak_drift_corrects_for_a_host_that_slowed_down():
     # The host slows by 20 % halfway: compute and latency scale alike. The end-to-end p99
     # drifts +20 % (the measure fails), the p99 per compute does not move.
-    slower = lambda i: 1.2 if i >= 500 else 1.0  # noqa: E731
+    slower = lambda i: 1.2 if i >= 500 else 1.0
     d = drift(_soak_results(lambda i: 40.0 * slower(i), lambda i: 10.0 * slower(i)), [], warmup_s=20, duration_s=100)
     assert abs(d["host_slowdown"] - 0.2) < 1e-9 and abs(d["p99_drift"] - 0.2) < 1e-9
     assert abs(d["p99_per_compute_first"] - 4.0) < 1e-9 and abs(d["p99_drift_host_corrected"]) < 1e-9

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from models import load_model
-import pytest
-
 from models.train.checkpoint import export_weights, load_checkpoint, optimizer_tensors, save_checkpoint
 
 
