@@ -83,3 +83,9 @@ class InternalError(ServiceError):
 
     status = 500
     outcome = "error"
+
+
+# The error a status code stands for, to rebuild an error that crossed a process boundary.
+ERRORS_BY_STATUS: dict[int, type[ServiceError]] = {
+    cls.status: cls for cls in (BadRequest, NotFound, PayloadTooLarge, Shed, Expired, Unavailable, InternalError)
+}

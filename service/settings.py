@@ -83,6 +83,15 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto, fp32, bf16, fp16")
     cuda_graphs: bool = Field(True, description="capture CUDA graphs on CUDA")
     drain_timeout_s: float = Field(30.0, ge=0, le=3600, description="SIGTERM: time given to in-flight requests")
+    api_processes: int | Literal["auto"] = Field(
+        "auto",
+        description="HTTP front-end processes; 0: one process serves HTTP and runs the engine; N >= 1: the engine "
+        "in its own process and N API processes on the one port; auto: 0 on a CPU, on CUDA half the cores less one "
+        "(1..8)",
+    )
+    shm_slots: int = Field(
+        0, ge=0, le=65536, description="shared-memory image slots per API process (0: twice its share of the queue)"
+    )
     host: str = Field("127.0.0.1", description="bind address")
     port: int = Field(8000, ge=0, le=65535, description="bind port")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
@@ -116,6 +125,19 @@ class Settings(BaseSettings):
         if len(set(names)) != len(names):
             raise ValueError("lists a level twice")
         return ",".join(names)
+
+    @field_validator("api_processes", mode="before")
+    @classmethod
+    def _api_processes(cls, v):
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return "auto"
+        try:
+            n = int(v)
+        except (TypeError, ValueError):
+            raise ValueError("must be 'auto' or a whole number from 0 to 64") from None
+        if not 0 <= n <= 64:
+            raise ValueError("must be 'auto' or a whole number from 0 to 64")
+        return n
 
     @field_validator("log_level", mode="before")
     @classmethod

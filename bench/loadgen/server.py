@@ -152,6 +152,20 @@ class ServerProcess:
                 time.sleep(poll_s)
         return False
 
+    def processes(self) -> dict[str, int]:
+        """The server's processes by name (Linux): "sait-engine", "sait-api-0", ... and "main"."""
+        found = {"main": self.pid}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = stat.read_text()
+            except OSError:
+                continue
+            comm = text[text.index("(") + 1 : text.rindex(")")]
+            ppid = int(text[text.rindex(")") + 2 :].split()[1])
+            if ppid == self.pid and comm.startswith("sait-"):
+                found[comm] = int(stat.parent.name)
+        return found
+
     def pause(self) -> None:
         """Freeze the server (SIGSTOP to its process group): it takes no CPU until resume()."""
         if self.proc is None or self.proc.poll() is not None:

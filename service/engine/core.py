@@ -160,7 +160,8 @@ class Engine:
         self.warm_s = 0.0
         self.torch_threads: int | None = None  # as the worker thread reports it after SAIT_TORCH_THREADS
         self.draining = False
-        self.inflight = 0
+        self.inflight = 0  # requests of this process's front end, between request_started and _finished
+        self._remote_inflight: dict[object, int] = {}  # the same, as API processes report theirs
         self.failed: str | None = None  # why warm-up failed, if it did
         self._overhead_ms = 0.0  # EWMA of batch end -> response ready, see infer()
         self._completions = CompletionRatio()
@@ -269,6 +270,12 @@ class Engine:
         queued = sum(self.batcher.snapshot().values()) if self.batcher is not None else 0
         return self.inflight + queued
 
+    async def open(self) -> None:
+        """Nothing to connect to in this process (the client of an engine process connects here)."""
+
+    async def shutdown(self, timeout_s: float) -> None:
+        await asyncio.to_thread(self.close, timeout_s)
+
     def close(self, timeout_s: float = 5.0) -> None:
         self.begin_drain()
         if self.batcher is not None:
@@ -295,26 +302,61 @@ class Engine:
 
     def request_started(self) -> None:
         self.inflight += 1
-        self.metrics.inflight.inc()
+        self._show_inflight()
 
     def request_finished(
         self, *, api: str, level: str | None, outcome: str, arrival_s: float, deadline_met: bool | None = None
     ) -> None:
         """Observe one answered inference request (exactly once per request_started)."""
         self.inflight -= 1
-        self.metrics.inflight.dec()
-        duration_s = time.perf_counter() - arrival_s
+        self._show_inflight()
+        self.record(
+            api=api,
+            level=level,
+            outcome=outcome,
+            duration_s=time.perf_counter() - arrival_s,
+            deadline_met=deadline_met,
+            process="0",
+        )
+
+    async def stats(self, version: str) -> dict:
+        """The model's statistics in Triton's statistics-extension shape."""
+        return self.model_stats.as_triton(name=self.info.name, version=version)
+
+    async def render_metrics(self) -> tuple[bytes, str]:
+        return self.metrics.render()
+
+    # -- accounting for requests answered by other processes' front ends -------------------------------
+    def record(
+        self,
+        *,
+        api: str,
+        level: str | None,
+        outcome: str,
+        duration_s: float,
+        deadline_met: bool | None = None,
+        process: str = "0",
+    ) -> None:
+        """The one accounting record of an answered request: metrics and statistics.
+
+        `process` is the index of the front-end process that answered it.
+        """
         self.metrics.observe_request(api=api, level=level, outcome=outcome, duration_s=duration_s)
+        self.metrics.api_requests.labels(process=process).inc()
         if deadline_met is not None:
             self.metrics.deadline.labels(result="met" if deadline_met else "missed").inc()
         self.model_stats.add_request(ok=outcome == "ok", duration_s=duration_s)
 
-    def stats(self, version: str) -> dict:
-        """The model's statistics in Triton's statistics-extension shape."""
-        return self.model_stats.as_triton(name=self.info.name, version=version)
+    def set_remote_inflight(self, source: object, requests: int) -> None:
+        """What an API process reports it has in flight (0 when it has gone)."""
+        if requests > 0:
+            self._remote_inflight[source] = requests
+        else:
+            self._remote_inflight.pop(source, None)
+        self._show_inflight()
 
-    def render_metrics(self) -> tuple[bytes, str]:
-        return self.metrics.render()
+    def _show_inflight(self) -> None:
+        self.metrics.inflight.set(self.inflight + sum(self._remote_inflight.values()))
 
     async def infer(self, images: list[torch.Tensor], dial: Dial, *, arrival_s: float) -> RequestResult:
         """Choose a level, queue the images, await their results. Raises ServiceError.

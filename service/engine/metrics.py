@@ -82,6 +82,18 @@ class Metrics:
         )
         self.ready = Gauge("sait_ready", "1 when the server accepts inference requests, else 0.", registry=r)
         self.inflight = Gauge("sait_inflight_requests", "Inference requests being handled now.", registry=r)
+        self.api_requests = Counter(
+            "sait_api_requests_total",
+            "Requests answered per HTTP front-end process (0 when one process serves).",
+            ["process"],
+            registry=r,
+        )
+        self.shm_free_slots = Gauge(
+            "sait_shm_free_slots",
+            "Free shared-memory image slots per API process, as it last reported (multi-process mode).",
+            ["process"],
+            registry=r,
+        )
         self.latency_scale = Gauge(
             "sait_latency_scale_ratio",
             "Measured / start-up profiled compute time, shared by all levels (1: as at start-up).",

@@ -42,6 +42,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, exit_on_fail
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         eng = engine or await asyncio.to_thread(Engine.load, settings)
+        await eng.open()
         app.state.engine = eng
         app.state.decoder = ImageDecoder(cfg=eng.describe().data_config, max_pixels=settings.max_image_pixels)
         app.state.warm_task = asyncio.create_task(_warm(eng, exit_on_failure))
@@ -50,7 +51,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, exit_on_fail
         finally:
             eng.begin_drain()
             app.state.warm_task.cancel()
-            await asyncio.to_thread(eng.close, settings.drain_timeout_s)
+            await eng.shutdown(settings.drain_timeout_s)
             app.state.decoder.close()
 
     app = FastAPI(
@@ -66,7 +67,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, exit_on_fail
 
     @app.get("/metrics", include_in_schema=True, tags=["ops"], summary="Prometheus metrics")
     async def metrics(request: Request) -> Response:
-        body, content_type = request.app.state.engine.render_metrics()
+        body, content_type = await request.app.state.engine.render_metrics()
         return Response(body, media_type=content_type)
 
     @app.exception_handler(ServiceError)

@@ -68,7 +68,7 @@ async def ready(request: Request) -> Response:
 
 @router.get("/v2/models/stats", summary="Statistics of all models (statistics extension)")
 async def all_stats(request: Request) -> JSONResponse:
-    return JSONResponse({"model_stats": [_engine(request).stats(VERSION)]})
+    return JSONResponse({"model_stats": [await _engine(request).stats(VERSION)]})
 
 
 @router.get("/v2/models/{model}/ready", summary="Model readiness")
@@ -165,7 +165,7 @@ async def model_config(request: Request, model: str, version: str | None = None)
 @router.get("/v2/models/{model}/versions/{version}/stats", include_in_schema=False)
 async def model_stats(request: Request, model: str, version: str | None = None) -> JSONResponse:
     _model(request, model, version)
-    return JSONResponse({"model_stats": [_engine(request).stats(VERSION)]})
+    return JSONResponse({"model_stats": [await _engine(request).stats(VERSION)]})
 
 
 @router.post("/v2/models/{model}/infer", summary="Inference (JSON or binary tensor data)")

@@ -2,7 +2,8 @@
 
     service.frontend -> service.engine -> service.device -> models
 
-`service.__main__` (the composition root) may import every layer; the base modules
+`service.__main__` and `service.supervisor` (the composition roots: processes) may import
+every layer; the base modules
 (`service.settings`, `service.errors`, `service.dial`) may be imported by every layer and
 import none. `models` never imports the server, and the server never imports the tools
 (`bench`) or their dependencies, so `pip install .` without extras serves.
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-BASE = ("service.settings", "service.errors", "service.dial")
+BASE = ("service.settings", "service.errors", "service.dial", "service.proc")
+ROOTS = ("service.__main__", "service.supervisor")  # processes: they wire the layers together
 LAYERS = ("models", "service.device", "service.engine", "service.frontend")  # lowest first
 TOOL_PACKAGES = ("bench", "tritonclient", "httpx", "matplotlib", "locust")
 SERVER_PACKAGES = ("service", "bench", "fastapi", "starlette", "uvicorn", "prometheus_client", "pydantic_settings")
@@ -70,8 +72,8 @@ def test_the_layers_exist():
 
 @pytest.mark.parametrize("module", sorted(SERVICE))
 def test_no_upward_import(module):
-    if module == "service.__main__":
-        return  # the composition root wires every layer together
+    if module in ROOTS:
+        return  # the composition roots wire every layer together
     imported = [i for i in SERVICE[module] if within(i, ("service", "models"))]
     if within(module, BASE) or module == "service":
         upward = [i for i in imported if layer(i) is not None and layer(i) > 0]
