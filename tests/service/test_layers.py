@@ -125,3 +125,48 @@ def test_the_checks_can_fail(tmp_path):
     src.write_text("def f():\n    from service.frontend.app import create_app\n")
     assert "service.frontend.app" in imports_of(src)
     assert layer("service.frontend.app") > layer("service.engine.core")
+
+
+# Import names of the runtime dependencies in pyproject.toml (a distribution's import name can
+# differ from its own); pynvml is the optional `gpu` extra, imported inside a try.
+IMPORT_NAMES = {
+    "pillow": "PIL",
+    "prometheus-client": "prometheus_client",
+    "pydantic-settings": "pydantic_settings",
+    "python-multipart": "multipart",
+    "uvicorn[standard]": "uvicorn",
+}
+OPTIONAL = {"pynvml"}
+PROVIDED_BY = {"starlette": "fastapi", "huggingface_hub": "timm"}  # installed with a listed package
+
+
+def runtime_imports() -> set[str]:
+    """Third-party top-level packages the server's processes import: the closure of imports from
+    service.__main__ through the first-party modules (models' own CLIs and plots excluded)."""
+    import sys
+
+    first_party = {**SERVICE, **MODELS}
+    seen, todo, third = set(), ["service.__main__"], set()
+    while todo:
+        module = todo.pop()
+        if module in seen or module not in first_party:
+            continue
+        seen.add(module)
+        for name in first_party[module]:
+            top = name.split(".")[0]
+            if top in ("service", "models"):
+                todo.extend(n for n in (name, name.rsplit(".", 1)[0]) if n in first_party)
+            elif top not in sys.stdlib_module_names and top != "bench":
+                third.add(top)
+    return third
+
+
+def test_the_server_needs_only_its_runtime_dependencies():
+    import re
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=!~ ]", d, maxsplit=1)[0].strip() for d in project["dependencies"]}
+    importable = {IMPORT_NAMES.get(d, d.replace("-", "_")) for d in declared}
+    missing = {n for n in runtime_imports() - OPTIONAL if PROVIDED_BY.get(n, n) not in importable}
+    assert not missing, f"the server imports {sorted(missing)}, which pyproject.toml's dependencies do not list"
