@@ -15,6 +15,15 @@ def set_process_name(name: str) -> None:
         f.write(name[:15])
 
 
+def set_thread_name(name: str) -> None:
+    """The calling thread's name in /proc (so per-thread CPU can be told apart: the inference
+    worker, and the intra-op threads torch starts from it, which inherit the name)."""
+    import threading
+
+    with contextlib.suppress(OSError), open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as f:
+        f.write(name[:15])
+
+
 def die_with_parent(sig: int = signal.SIGTERM) -> None:
     """Have the kernel send `sig` to this process when its parent dies (a SIGKILLed supervisor
     must not leave API processes serving 503 forever)."""
