@@ -39,6 +39,8 @@ from service.errors import Shed, Unavailable
 log = logging.getLogger(__name__)
 
 ENGINE_GONE = "the engine process is gone; this server cannot serve (it is being restarted)"
+# Longest a request's accounting record waits for a message to ride along with.
+RECORD_DELAY_S = 0.25
 
 
 class EngineClient:
@@ -65,6 +67,8 @@ class EngineClient:
         self._outbox: Outbox | None = None
         self._reader_task: asyncio.Task | None = None
         self._waiting: dict[int, asyncio.Future] = {}
+        self._records: list[list] = []  # answered requests not yet told to the engine
+        self._record_timer: asyncio.TimerHandle | None = None
         self._ids = itertools.count()
         self._settled = threading.Event()  # ready or failed: what warm() waits for
 
@@ -98,10 +102,13 @@ class EngineClient:
         self._reader_task = asyncio.create_task(self._read(reader))
 
     def warm(self) -> None:
-        """Block (in a thread) until the engine is ready; raise if its warm-up failed or it went away."""
+        """Block (in a thread) until the engine is ready; raise if its warm-up failed, it went away,
+        or this client was shut down meanwhile (the thread must not outlive the process's loop)."""
         self._settled.wait()
         if self.failed:
             raise RuntimeError(self.failed)
+        if not self._connected:
+            raise RuntimeError("the engine process went away before it was ready")
 
     def begin_drain(self) -> None:
         self.draining = True
@@ -110,6 +117,10 @@ class EngineClient:
         return self.inflight
 
     async def shutdown(self, timeout_s: float) -> None:
+        if self._connected:
+            self._flush_records()
+            await self._outbox.drain()
+        self._settled.set()  # a warm() still waiting returns
         if self._reader_task is not None:
             self._reader_task.cancel()
         if self._outbox is not None:
@@ -140,19 +151,14 @@ class EngineClient:
         self, *, api: str, level: str | None, outcome: str, arrival_s: float, deadline_met: bool | None = None
     ) -> None:
         self.inflight -= 1
-        if self._connected:
-            self._outbox.send(
-                {
-                    "t": "record",
-                    "api": api,
-                    "level": level,
-                    "outcome": outcome,
-                    "duration_s": time.perf_counter() - arrival_s,
-                    "deadline_met": deadline_met,
-                    "inflight": self.inflight,
-                    "free_slots": self.arena.free,
-                }
-            )
+        if not self._connected:
+            return
+        # Records ride along with the next message to the engine, or go after RECORD_DELAY_S:
+        # at a low rate a message of their own would wake the engine once more per request.
+        # Order is kept, so a metrics call sent later sees every record sent before it.
+        self._records.append([api, level, outcome, time.perf_counter() - arrival_s, deadline_met])
+        if self._record_timer is None:
+            self._record_timer = asyncio.get_running_loop().call_later(RECORD_DELAY_S, self._flush_records)
 
     async def infer(self, images: list[torch.Tensor], dial: Dial, *, arrival_s: float) -> RequestResult:
         if not self._connected:
@@ -167,7 +173,7 @@ class EngineClient:
         request_id = next(self._ids)
         fut = self._waiting[request_id] = asyncio.get_running_loop().create_future()
         try:
-            self._outbox.send(
+            self._send(
                 {
                     "t": "infer",
                     "id": request_id,
@@ -194,12 +200,26 @@ class EngineClient:
         return value["body"], value["content_type"]
 
     # -- the connection ------------------------------------------------------------------------------
+    def _send(self, msg: dict) -> None:
+        self._flush_records()
+        self._outbox.send(msg)
+
+    def _flush_records(self) -> None:
+        if self._record_timer is not None:
+            self._record_timer.cancel()
+            self._record_timer = None
+        if self._records and self._connected:
+            self._outbox.send(
+                {"t": "records", "records": self._records, "inflight": self.inflight, "free_slots": self.arena.free}
+            )
+        self._records = []
+
     async def _call(self, what: str, **args):
         if not self._connected:
             raise Unavailable(ENGINE_GONE)
         request_id = next(self._ids)
         fut = self._waiting[request_id] = asyncio.get_running_loop().create_future()
-        self._outbox.send({"t": "call", "id": request_id, "what": what, **args})
+        self._send({"t": "call", "id": request_id, "what": what, **args})
         try:
             msg = await fut
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -165,6 +166,7 @@ class Engine:
         self.failed: str | None = None  # why warm-up failed, if it did
         self._overhead_ms = 0.0  # EWMA of batch end -> response ready, see infer()
         self._completions = CompletionRatio()
+        self._mailboxes: dict[asyncio.AbstractEventLoop, _Mailbox] = {}
         self._arrivals = ArrivalRate()
         self._ready = False
 
@@ -341,10 +343,9 @@ class Engine:
 
         `process` is the index of the front-end process that answered it.
         """
-        self.metrics.observe_request(api=api, level=level, outcome=outcome, duration_s=duration_s)
-        self.metrics.api_requests.labels(process=process).inc()
+        self.metrics.observe_request(api=api, level=level, outcome=outcome, duration_s=duration_s, process=process)
         if deadline_met is not None:
-            self.metrics.deadline.labels(result="met" if deadline_met else "missed").inc()
+            self.metrics.observe_deadline(deadline_met)
         self.model_stats.add_request(ok=outcome == "ok", duration_s=duration_s)
 
     def set_remote_inflight(self, source: object, requests: int) -> None:
@@ -379,8 +380,9 @@ class Engine:
             images=len(images),
             elapsed_ms=(now_s - arrival_s) * 1e3,
         )
-        self.metrics.level_chosen.labels(level=decision.level, reason=decision.reason).inc()
+        self.metrics.observe_choice(level=decision.level, reason=decision.reason)
         loop = asyncio.get_running_loop()
+        mailbox = self._mailboxes.get(loop) or self._mailboxes.setdefault(loop, _Mailbox(loop))
         futures = [loop.create_future() for _ in images]
         deadline_s = arrival_s + decision.budget_ms / 1e3
         # The margin the controller kept for prediction error: later arrivals must not fill it.
@@ -392,7 +394,7 @@ class Engine:
                 deadline_s=deadline_s,
                 priority=dial.priority,
                 finish_by_s=finish_by_s,
-                on_done=_resolver(loop, fut),
+                on_done=mailbox.resolver(fut),
             )
             for img, fut in zip(images, futures)
         ]
@@ -436,24 +438,45 @@ class Engine:
         self.model_stats.add_batch(size=size, compute_s=compute_s, queue_s=queue_s)
 
 
-def _resolver(loop: asyncio.AbstractEventLoop, fut: asyncio.Future):
-    """A callback for the worker thread that settles `fut` on the event loop."""
+class _Mailbox:
+    """Hands results from the worker thread to one event loop, one wake-up per batch.
 
-    def settle(result) -> None:
-        if fut.done():  # the client went away and the request was cancelled
-            return
-        if isinstance(result, BaseException):
-            fut.set_exception(result)
-        else:
-            fut.set_result(result)
+    The worker settles every image of a batch in a row; a wake-up of the event loop (a write
+    to its self-pipe, and a thread switch) per image would cost more than the results it
+    carries. So deliveries queue here, and only the first one after the loop last emptied the
+    queue wakes it.
+    """
 
-    def on_done(result) -> None:
-        try:
-            loop.call_soon_threadsafe(settle, result)
-        except RuntimeError:  # loop closed during shutdown: nobody is waiting any more
-            pass
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[asyncio.Future, object]] = []
 
-    return on_done
+    def resolver(self, fut: asyncio.Future):
+        """A callback for the worker thread that settles `fut` with what it is called with."""
+
+        def on_done(result) -> None:
+            with self._lock:
+                self._pending.append((fut, result))
+                wake = len(self._pending) == 1
+            if wake:
+                try:
+                    self.loop.call_soon_threadsafe(self._settle)
+                except RuntimeError:  # loop closed during shutdown: nobody is waiting any more
+                    pass
+
+        return on_done
+
+    def _settle(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for fut, result in pending:
+            if fut.done():  # the client went away and the request was cancelled
+                continue
+            if isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
 
 
 def _served_levels(model, names: tuple[str, ...] | None) -> tuple[str, ...]:

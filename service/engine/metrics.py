@@ -127,12 +127,42 @@ class Metrics:
         for level in levels:
             self.queue_depth.labels(level=level).set(0)
         self._gpu = None
+        # labels() takes a lock and builds a dict per call: the children of the per-request
+        # families are looked up once per label set and kept.
+        self._request_children: dict[tuple, tuple] = {}
+        self._children: dict[tuple, object] = {}
 
     # -- observations ------------------------------------------------------------------------------
-    def observe_request(self, *, api: str, level: str | None, outcome: str, duration_s: float) -> None:
-        level = level or NO_LEVEL
-        self.requests.labels(api=api, level=level, outcome=outcome).inc()
-        self.request_duration.labels(api=api, level=level).observe(duration_s)
+    def observe_request(
+        self, *, api: str, level: str | None, outcome: str, duration_s: float, process: str = "0"
+    ) -> None:
+        key = (api, level or NO_LEVEL, outcome, process)
+        children = self._request_children.get(key)
+        if children is None:
+            api, level, outcome, process = key
+            children = self._request_children[key] = (
+                self.requests.labels(api=api, level=level, outcome=outcome),
+                self.request_duration.labels(api=api, level=level),
+                self.api_requests.labels(process=process),
+            )
+        requests, duration, per_process = children
+        requests.inc()
+        duration.observe(duration_s)
+        per_process.inc()
+
+    def observe_choice(self, *, level: str, reason: str) -> None:
+        key = ("choice", level, reason)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.level_chosen.labels(level=level, reason=reason)
+        child.inc()
+
+    def observe_deadline(self, met: bool) -> None:
+        key = ("deadline", met)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.deadline.labels(result="met" if met else "missed")
+        child.inc()
 
     def observe_batch(self, *, level: str, size: int, compute_s: float, queue_s: list[float]) -> None:
         self.batch_size.labels(level=level).observe(size)

@@ -104,15 +104,16 @@ class EngineServer:
                 kind = msg["t"]
                 if kind == "infer":
                     self._infer(conn, msg)
-                elif kind == "record":
-                    self.engine.record(
-                        api=msg["api"],
-                        level=msg["level"],
-                        outcome=msg["outcome"],
-                        duration_s=msg["duration_s"],
-                        deadline_met=msg["deadline_met"],
-                        process=conn.index,
-                    )
+                elif kind == "records":
+                    for api, level, outcome, duration_s, deadline_met in msg["records"]:
+                        self.engine.record(
+                            api=api,
+                            level=level,
+                            outcome=outcome,
+                            duration_s=duration_s,
+                            deadline_met=deadline_met,
+                            process=conn.index,
+                        )
                     self.engine.set_remote_inflight(conn, msg["inflight"])
                     self.engine.metrics.shm_free_slots.labels(process=conn.index).set(msg["free_slots"])
                 elif kind == "call":
@@ -185,7 +186,9 @@ def engine_main(settings_values: dict, socket_path: str, control) -> None:
     except StartupError as exc:
         control.send(("error", str(exc)))
         sys.exit(2)
-    sys.exit(asyncio.run(_serve(engine, settings, socket_path, control)))
+    import uvloop
+
+    sys.exit(uvloop.run(_serve(engine, settings, socket_path, control)))
 
 
 async def _serve(engine: Engine, settings: Settings, socket_path: str, control) -> int:

@@ -21,6 +21,7 @@ from svc_helpers import TINY, jpeg_bytes, metric_value
 
 from bench.loadgen.server import ServerProcess
 from bench.throughput_check import infer_body
+from service.engine.client import RECORD_DELAY_S
 from service.settings import Settings
 from service.supervisor import resolve_api_processes
 
@@ -111,6 +112,18 @@ def test_batches_form_across_api_processes_and_metrics_add_up(server):
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(one, range(requests)))
     assert all(r.status_code == 200 for r in answers), [r.text for r in answers if r.status_code != 200][:3]
+    # Records reach the engine with the next message or within RECORD_DELAY_S: the totals may lag that long.
+    wait_until(
+        lambda: (
+            sum(
+                metric_value(metrics(server), "sait_api_requests_total", process=str(i))
+                - metric_value(before, "sait_api_requests_total", process=str(i))
+                for i in (0, 1)
+            )
+            >= requests
+        ),
+        timeout_s=5 * RECORD_DELAY_S,
+    )
     after = metrics(server)
     per_process = [
         metric_value(after, "sait_api_requests_total", process=str(i))
@@ -133,6 +146,7 @@ def test_errors_are_counted_once_wherever_they_happen(server):
         assert c.post("/v1/classify", content=b"not an image").status_code == 400  # front end
         assert v2_pixels(c, density="l001").status_code == 400  # engine: unknown level
         assert v2_pixels(c, latency_budget_ms=0.001).status_code == 429  # engine: shed
+    time.sleep(2 * RECORD_DELAY_S)  # every record has reached the engine (one connection: one process)
     after = metrics(server)
     delta = {
         outcome: metric_value(after, "sait_requests_total", outcome=outcome)
@@ -162,6 +176,7 @@ def test_shared_memory_slots_are_all_free_after_10000_requests(server):
         list(pool.map(worker, range(8)))
     assert sum(statuses.values()) == 10_000, f"only {sum(statuses.values())} requests in 240 s: {statuses}"
     assert statuses == {200: 9800, 400: 200}, statuses
+    time.sleep(2 * RECORD_DELAY_S)  # the last records, which carry the free-slot counts
     text = metrics(server)
     assert [metric_value(text, "sait_shm_free_slots", process=str(i)) for i in (0, 1)] == [SLOTS, SLOTS]
 
