@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
-from svc_helpers import TINY, free_port, jpeg_bytes, metric_value
+from svc_helpers import JPEG, TINY, free_port, jpeg_bytes, metric_value
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,7 +47,8 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path):
             payload = jpeg_bytes(seed=2)
             with concurrent.futures.ThreadPoolExecutor(4) as pool:
                 inflight = [
-                    pool.submit(httpx.post, f"{url}/v1/classify", content=payload, timeout=60) for _ in range(4)
+                    pool.submit(httpx.post, f"{url}/v1/classify", content=payload, headers=JPEG, timeout=60)
+                    for _ in range(4)
                 ]
                 wait_until = time.monotonic() + 20
                 while metric_value(client.get("/metrics").text, "sait_inflight_requests") < 4:
@@ -56,7 +57,7 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path):
                 proc.send_signal(signal.SIGTERM)
                 time.sleep(0.2)
                 assert client.get("/v2/health/ready").status_code == 503
-                late = client.post("/v1/classify", content=payload)
+                late = client.post("/v1/classify", content=payload, headers=JPEG)
                 assert late.status_code == 503 and "shutting down" in late.json()["error"]
                 results = [f.result(timeout=60) for f in inflight]
         assert [r.status_code for r in results] == [200] * 4
