@@ -98,3 +98,17 @@ def test_cli_without_any_weights_says_how_to_provide_them(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "HF_HOME" in lines[0] and "--weights" in lines[0]
+
+
+def test_cli_unusable_keys_or_tls_files_exit_with_one_line(capsys, tmp_path):
+    from service.__main__ import main
+
+    keys = tmp_path / "keys"
+    keys.write_text("too-short\n")
+    for argv, message in [
+        (["--api-keys-file", str(keys)], "SAIT_API_KEYS_FILE"),
+        (["--tls-cert-file", str(tmp_path / "c.pem"), "--tls-key-file", str(tmp_path / "k.pem")], "SAIT_TLS"),
+    ]:
+        assert main(["--model", "vit_tiny_test", "--device", "cpu", *argv]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines
