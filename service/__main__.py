@@ -20,6 +20,7 @@ import sys
 from service import supervisor
 from service.engine.core import Engine, StartupError
 from service.frontend.server import build_server
+from service.proc import exit_now
 from service.settings import SettingsError, load_settings
 from service.supervisor import resolve_api_processes
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     api_processes = resolve_api_processes(settings)
     if api_processes > 0:
-        return supervisor.run(settings, api_processes)
+        exit_now(supervisor.run(settings, api_processes))
     try:
         engine = Engine.load(settings)
     except StartupError as exc:
@@ -52,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     server.run()
     if engine.failed:
         print(f"sait-serve: warm-up failed: {engine.failed}", file=sys.stderr)
-        return 1
-    return 0
+    exit_now(1 if engine.failed else 0)  # within the drain's bound: no slow interpreter teardown
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import sys
 from service.engine.client import EngineClient
 from service.engine.wire import SlotArena
 from service.frontend.server import build_server
-from service.proc import die_with_parent, set_process_name
+from service.proc import die_with_parent, exit_now, set_process_name
 from service.settings import Settings
 
 
@@ -61,3 +61,4 @@ def api_main(
     )
     server = build_server(settings, engine=client, process=index, metrics_socket=metrics_socket)
     server.run(sockets=[reuseport_socket(settings.host, port, listening=True)])
+    exit_now(0)

@@ -57,4 +57,4 @@ def test_refusals_are_counted_by_reason():
     assert guard.check(scope).status_code == 400
     assert guard.check({**scope, "headers": [(b"host", b"localhost:8000")]}) is None
     assert guard.check({**scope, "headers": []}) is None  # no Host header: not a browser, not rebinding
-    assert metrics.rejections.labels(reason="host_not_allowed")._value.get() == 1
+    assert metrics.rejections.labels(process="0", reason="host_not_allowed")._value.get() == 1
