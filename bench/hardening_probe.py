@@ -32,9 +32,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.environment import git_commit
-from bench.loadgen.compare import UsageError, Variant, parse_variant
-from bench.loadgen.docblock import cpu_model, replace_block
+from bench.loadgen import compare
+from bench.loadgen.docblock import cpu_model
+from bench.loadgen.http1 import read_response
 from bench.loadgen.server import ServerError, ServerProcess, rss_bytes
 
 MODEL = "vit_tiny_test"
@@ -64,31 +64,9 @@ ISSUE = {
 
 # -- raw HTTP ---------------------------------------------------------------------------------------
 def read_answer(sock: socket.socket, limit_s: float = 10.0) -> tuple[int, str, bytes]:
-    """(status, content type, body) of one response; (0, "closed"/"reset"/"timeout", b"") otherwise."""
-    sock.settimeout(limit_s)
-    data = b""
-    try:
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return 0, "closed", b""
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        fields = dict(
-            (k.strip().lower(), v.strip())
-            for k, _, v in (ln.partition(":") for ln in head.decode("latin-1").split("\r\n")[1:])
-        )
-        length = int(fields.get("content-length", 0))
-        while len(body) < length:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            body += chunk
-        return int(head.split()[1]), fields.get("content-type", ""), body[:length]
-    except ConnectionResetError:
-        return 0, "reset", b""
-    except TimeoutError:
-        return 0, "timeout", b""
+    """(status, content type, body) of one response; (0, why, b"") when none came."""
+    status, headers, body = read_response(sock, limit_s)
+    return (status, headers.get("content-type", ""), body) if status else (0, "no answer (closed or reset)", b"")
 
 
 def describe(status: int, kind: str, body: bytes) -> str:
@@ -132,6 +110,14 @@ def liveness_during(url: str, work) -> tuple[object, float]:
     finally:
         done.set()
         poller.join(30)
+
+
+def post_binary_v2(url: str, head: bytes, blob: bytes) -> tuple[httpx.Response, float]:
+    """(response, seconds) of a v2 infer whose JSON header `head` is followed by `blob`."""
+    start = time.perf_counter()
+    headers = {"Inference-Header-Content-Length": str(len(head))}
+    r = httpx.post(url + INFER, content=head + blob, headers=headers, timeout=120)
+    return r, time.perf_counter() - start
 
 
 def counter(url: str, name: str, **labels) -> float:
@@ -267,17 +253,7 @@ def case_amplification(server) -> str:
         }
     ).encode()
 
-    def send():
-        t = time.perf_counter()
-        r = httpx.post(
-            server.url + INFER,
-            content=head + pixels,
-            headers={"Inference-Header-Content-Length": str(len(head))},
-            timeout=120,
-        )
-        return r, time.perf_counter() - t
-
-    (r, took), worst = liveness_during(server.url, send)
+    (r, took), worst = liveness_during(server.url, lambda: post_binary_v2(server.url, head, pixels))
     what = f"{r.status_code} {r.json().get('error', '')[:50]}" if r.status_code != 200 else "200"
     return f"{what}; {len(r.content) / 2**20:.1f} MB in {took:.2f} s; liveness {worst:.0f} ms"
 
@@ -305,14 +281,8 @@ def case_big_pngs(server) -> str:
             time.sleep(0.05)
 
     def big():
-        t = time.perf_counter()
-        r = httpx.post(
-            server.url + INFER,
-            content=head + blob,
-            headers={"Inference-Header-Content-Length": str(len(head))},
-            timeout=120,
-        )
-        return describe(r.status_code, "", r.content), time.perf_counter() - t
+        r, took = post_binary_v2(server.url, head, blob)
+        return describe(r.status_code, "", r.content), took
 
     def good():
         time.sleep(0.2)
@@ -423,7 +393,22 @@ CASES = [
 
 
 # -- running and reporting --------------------------------------------------------------------------
-def probe(variant: Variant, *, only: list[str]) -> dict[str, str]:
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.hardening_probe",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    p.add_argument(
+        "--cases", default="", help=f"comma list of cases (default all): {', '.join(k for k, _, _ in CASES)}"
+    )
+    p.add_argument("--out", type=Path, default=Path("out/hardening_probe.json"))
+    compare.add_variant_options(p, default_block=DEFAULT_BLOCK)
+    return p
+
+
+def probe(variant: compare.Variant, *, only: list[str]) -> dict[str, str]:
     settings = {"MODEL": MODEL, "DEVICE": "cpu", **variant.settings}
     server = ServerProcess(settings=settings, root=variant.root, ready_timeout_s=300)
     server.start()
@@ -459,33 +444,8 @@ def markdown(doc: dict) -> str:
             cells = [doc["results"][n].get(key, "").replace("|", "/") for n in names]
             lines.append(f"| {title} | {ISSUE.get(key, '')} | " + " | ".join(cells) + " |")
     lines.append("")
-    for v in doc["variants"]:
-        where = f"checkout {v['root']} (commit {v.get('commit') or 'unknown'})" if v["root"] else "this checkout"
-        lines.append(f"- `{v['name']}`: {where}, settings {v['settings'] or '{}'}")
+    lines += compare.variant_notes(doc["variants"])
     return "\n".join(lines) + "\n"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.hardening_probe",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
-    )
-    p.add_argument(
-        "--variant",
-        action="append",
-        default=[],
-        metavar="NAME[@CHECKOUT]:K=V;...",
-        help="a server variant (repeat; default: one server from this checkout)",
-    )
-    p.add_argument(
-        "--cases", default="", help=f"comma list of cases (default all): {', '.join(k for k, _, _ in CASES)}"
-    )
-    p.add_argument("--out", type=Path, default=Path("out/hardening_probe.json"))
-    p.add_argument("--docs", type=Path, default=None, help="markdown file to write the table into")
-    p.add_argument("--block", default=DEFAULT_BLOCK, help="name of the marked block in --docs (<!-- NAME:begin -->)")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -496,8 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hardening_probe: unknown case(s) {', '.join(unknown)}", file=sys.stderr)
         return 2
     try:
-        variants = [parse_variant(v) for v in args.variant] or [Variant(name="this")]
-    except UsageError as exc:
+        variants = [compare.parse_variant(v) for v in args.variant] or [compare.Variant(name="this")]
+    except compare.UsageError as exc:
         print(f"hardening_probe: {exc}", file=sys.stderr)
         return 2
     if len({v.name for v in variants}) != len(variants):
@@ -514,15 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         "measured_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu_model(),
         "command": "python -m bench.hardening_probe " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        "variants": [
-            {
-                "name": v.name,
-                "root": str(v.root) if v.root else None,
-                "commit": git_commit(v.root),
-                "settings": v.settings,
-            }
-            for v in variants
-        ],
+        "variants": compare.variant_records(variants),
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -530,12 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(doc)
     print(table)
     if args.docs is not None:
-        replace_block(
-            args.docs,
-            f"<!-- {args.block}:begin -->\n{table}<!-- {args.block}:end -->",
-            begin=f"<!-- {args.block}:begin -->",
-            end=f"<!-- {args.block}:end -->",
-        )
+        compare.write_block(args.docs, args.block, table)
     return 0
 
 

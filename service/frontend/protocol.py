@@ -156,7 +156,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._phase = "head"
         self._head_bytes = self._raw_head_bytes = 0
-        self._set_timer(self.limits.header_timeout_s, self._head_timeout)
+        self._set_timer(self.limits.header_timeout_s, self._too_slow, "headers", self.limits.header_timeout_s)
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -180,7 +180,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         previous = self.cycle
         super().on_headers_complete()
         self._phase = "body"
-        self._set_timer(self.limits.body_timeout_s + BODY_GRACE_S, self._body_timeout)
+        self._set_timer(self.limits.body_timeout_s + BODY_GRACE_S, self._too_slow, "body", self.limits.body_timeout_s)
         # In flight on this connection: the running request and the queued ones (the new one
         # is queued at the left end when an earlier one is still being answered).
         if len(self.pipeline) >= self.limits.max_pipelined_requests:
@@ -218,21 +218,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_response_complete()
 
     # -- deadlines ----------------------------------------------------------------------------
-    def _head_timeout(self) -> None:
+    def _too_slow(self, part: str, limit_s: float) -> None:
+        """The request's `part` ("headers" or "body") did not arrive within `limit_s`: 408."""
         self._timer = None
-        self._refuse(
-            408,
-            "header_timeout",
-            f"request headers not received within {self.limits.header_timeout_s:g} s (SAIT_HEADER_TIMEOUT_S)",
-        )
-
-    def _body_timeout(self) -> None:
-        self._timer = None
-        self._refuse(
-            408,
-            "body_timeout",
-            f"request body not received within {self.limits.body_timeout_s:g} s (SAIT_BODY_TIMEOUT_S)",
-        )
+        setting = "SAIT_HEADER_TIMEOUT_S" if part == "headers" else "SAIT_BODY_TIMEOUT_S"
+        reason = "header_timeout" if part == "headers" else "body_timeout"
+        self._refuse(408, reason, f"request {part} not received within {limit_s:g} s ({setting})")
 
     def abort(self, status: int, message: str) -> None:
         """Answer the request still in progress (if its answer has not begun) and close: the
@@ -298,9 +289,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.close()
 
-    def _set_timer(self, delay_s: float, callback) -> None:
+    def _set_timer(self, delay_s: float, callback, *args) -> None:
         self._cancel_timer()
-        self._timer = self.loop.call_later(delay_s, callback)
+        self._timer = self.loop.call_later(delay_s, callback, *args)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

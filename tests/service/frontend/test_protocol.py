@@ -14,6 +14,8 @@ import httpx
 import pytest
 from svc_helpers import JPEG, TINY, metric_value, running_server
 
+from bench.loadgen.http1 import read_response
+
 LIMITS = dict(
     max_header_bytes=4096,
     header_timeout_s=1.0,
@@ -35,28 +37,6 @@ def limited():
 def connect(server, timeout_s: float = 5.0) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout_s)
     return sock
-
-
-def read_response(sock: socket.socket, limit_s: float = 5.0) -> tuple[int, dict[str, str], bytes]:
-    """(status, headers, body) of one response with Content-Length; (0, {}, b"") when the
-    server closes the connection without answering."""
-    sock.settimeout(limit_s)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return 0, {}, b""
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", 0))
-    while len(rest) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        rest += chunk
-    return int(lines[0].split()[1]), headers, rest[:length]
 
 
 def closed_within(sock: socket.socket, limit_s: float) -> float | None:
