@@ -229,9 +229,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         """Answer the request still in progress (if its answer has not begun) and close: the
         server's shutdown calls this when its time is up."""
         cycle = self.cycle
-        if self._refused or self.transport.is_closing():
+        if self.transport.is_closing():
             return
-        if cycle is not None and not cycle.response_started:
+        if cycle is not None and not cycle.response_started and not self._refused:
             self._refused = True
             self.metrics.reject("shutdown", message, self.client)
             cycle.disconnected = True
