@@ -87,7 +87,7 @@ class Settings(BaseSettings):
         100_000_000, ge=1, description="sum of the pixels of one request's encoded images (400 above it)"
     )
     max_json_bytes: int = Field(
-        8_388_608, ge=1024, description="JSON part of a v2 request (413 above it; binary tensor data is not counted)"
+        4_194_304, ge=1024, description="JSON part of a v2 request (413 above it; binary tensor data is not counted)"
     )
     max_json_depth: int = Field(32, ge=8, le=1000, description="nesting depth of a v2 request's JSON (400 above it)")
     max_number_digits: int = Field(

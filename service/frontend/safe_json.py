@@ -28,7 +28,7 @@ _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 class JsonLimits:
     """Bounds on a client's JSON (SAIT_MAX_JSON_BYTES, SAIT_MAX_JSON_DEPTH, SAIT_MAX_NUMBER_DIGITS)."""
 
-    max_bytes: int = 8_388_608
+    max_bytes: int = 4_194_304
     max_depth: int = 32
     max_number_digits: int = 40
 
