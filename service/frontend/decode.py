@@ -15,6 +15,7 @@ with Retry-After), as the controller sheds what cannot finish in time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import io
 import itertools
@@ -38,17 +39,12 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp")
 
 
-def decode_image(
-    data: bytes, cfg: DataConfig, *, max_pixels: int, take_pixels: Callable[[int], None] | None = None
-) -> torch.Tensor:
-    """Encoded image -> uint8 [3,H,W] (resize + centre crop as timm evaluates).
-
-    Args:
-        take_pixels: called with the image's pixel count once its header is read, before any
-            pixel is decoded; raises to refuse (the request's PixelBudget).
+def open_image(data: bytes, *, max_pixels: int, setting: str = "SAIT_MAX_IMAGE_PIXELS") -> Image.Image:
+    """The image's header, read and checked; no pixel is decoded yet.
 
     Raises:
-        BadRequest: empty, not an image, truncated/corrupt, or more pixels than max_pixels.
+        BadRequest: empty, not an image, a malformed header, or more pixels than max_pixels
+            (`setting` names the limit in the message).
     """
     if not data:
         raise BadRequest("empty image: the body holds no bytes")
@@ -57,21 +53,28 @@ def decode_image(
     except UnidentifiedImageError:
         raise BadRequest("not an image: expected JPEG, PNG or WebP bytes") from None
     except Image.DecompressionBombError:
-        raise BadRequest(
-            f"image dimensions are over the limit of {max_pixels} pixels (SAIT_MAX_IMAGE_PIXELS)"
-        ) from None
+        raise BadRequest(f"image dimensions are over the limit of {max_pixels} pixels ({setting})") from None
     except Exception as exc:  # a malformed header can raise many things
         raise BadRequest(f"cannot read image header: {_first_line(exc)}") from None
     width, height = img.size
     if width * height > max_pixels:
         raise BadRequest(
-            f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
-            f"(SAIT_MAX_IMAGE_PIXELS)"
+            f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} ({setting})"
         )
     if width < 1 or height < 1:
         raise BadRequest(f"image has no pixels ({width}x{height})")
-    if take_pixels is not None:
-        take_pixels(width * height)
+    return img
+
+
+def decode_image(
+    data: bytes, cfg: DataConfig, *, max_pixels: int, setting: str = "SAIT_MAX_IMAGE_PIXELS"
+) -> torch.Tensor:
+    """Encoded image -> uint8 [3,H,W] (resize + centre crop as timm evaluates).
+
+    Raises:
+        BadRequest: empty, not an image, truncated/corrupt, or more pixels than max_pixels.
+    """
+    img = open_image(data, max_pixels=max_pixels, setting=setting)
     try:
         img.load()
         return pil_to_uint8(img, cfg)
@@ -84,26 +87,16 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
-class PixelBudget:
-    """The pixels one request's images may still decode (SAIT_MAX_REQUEST_PIXELS), taken image
-    by image from the pool's threads; once one of its images fails, the rest are not decoded."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.left = limit
-        self.failed = False
-        self._lock = threading.Lock()
-
-    def take(self, pixels: int) -> None:
-        with self._lock:
-            if self.failed:
-                raise BadRequest("another image of this request could not be used")
-            if pixels > self.left:
-                self.failed = True
-                raise BadRequest(
-                    f"the request's images hold more than {self.limit} pixels in all (SAIT_MAX_REQUEST_PIXELS)"
-                )
-            self.left -= pixels
+def _check_deadline(deadline_s: float | None, queued_s: float) -> None:
+    """Shed (429) an image a thread reaches after its request's deadline: like the controller,
+    refuse before any work, with a hint when to retry."""
+    now = time.perf_counter()
+    if deadline_s is not None and now > deadline_s:
+        raise Shed(
+            f"cannot meet the budget: the deadline passed before the image was decoded "
+            f"({(now - queued_s) * 1e3:.0f} ms waiting for a decoder)",
+            retry_after_s=now - queued_s,
+        )
 
 
 class DeadlinePool:
@@ -180,37 +173,52 @@ class ImageDecoder:
         self.pool = DeadlinePool(threads or min(4, os.cpu_count() or 1))
 
     async def decode(self, data: bytes, *, deadline_s: float | None = None) -> torch.Tensor:
-        return (await self.decode_many([data], deadline_s=deadline_s))[0]
+        """One image, the whole request (its limit: the smaller of the two pixel limits)."""
+        if self.max_request_pixels < self.max_pixels:
+            limit, setting = self.max_request_pixels, "SAIT_MAX_REQUEST_PIXELS"
+        else:
+            limit, setting = self.max_pixels, "SAIT_MAX_IMAGE_PIXELS"
+        job = functools.partial(self._decode, data, limit, setting, deadline_s, time.perf_counter())
+        return await asyncio.wrap_future(self.pool.submit(deadline_s, job))
 
     async def decode_many(self, blobs: list[bytes], *, deadline_s: float | None = None) -> list[torch.Tensor]:
-        """The images of one request; Shed when a thread reaches one after `deadline_s`
-        (time.perf_counter), BadRequest for bad ones or past the request's pixel budget."""
-        budget = PixelBudget(self.max_request_pixels)
-
+        """The images of one request. First every header, in one job: a request over
+        SAIT_MAX_REQUEST_PIXELS in all is refused before any pixel is decoded; then the images
+        in parallel. Shed when a thread reaches one after `deadline_s` (time.perf_counter),
+        BadRequest for a bad one."""
+        if len(blobs) == 1:
+            return [await self.decode(blobs[0], deadline_s=deadline_s)]
         queued_s = time.perf_counter()
-
-        def job(data: bytes) -> torch.Tensor:
-            if deadline_s is not None and time.perf_counter() > deadline_s:
-                # Like the controller's shedding: refused before any work, with a hint when to retry.
-                budget.failed = True
-                waited_s = time.perf_counter() - queued_s
-                raise Shed(
-                    f"cannot meet the budget: the deadline passed before the image was decoded "
-                    f"({waited_s * 1e3:.0f} ms waiting for a decoder)",
-                    retry_after_s=waited_s,
+        measure = functools.partial(self._measure, blobs, deadline_s, queued_s)
+        await asyncio.wrap_future(self.pool.submit(deadline_s, measure))
+        futures = [
+            asyncio.wrap_future(
+                self.pool.submit(
+                    deadline_s,
+                    functools.partial(self._decode, b, self.max_pixels, "SAIT_MAX_IMAGE_PIXELS", deadline_s, queued_s),
                 )
-            try:
-                return decode_image(data, self.cfg, max_pixels=self.max_pixels, take_pixels=budget.take)
-            except BaseException:
-                budget.failed = True
-                raise
-
-        futures = [asyncio.wrap_future(self.pool.submit(deadline_s, lambda b=b: job(b))) for b in blobs]
+            )
+            for b in blobs
+        ]
         try:
             return list(await asyncio.gather(*futures))
         finally:
             for f in futures:  # after a failure, the images not yet started are not decoded
                 f.cancel()
+
+    # -- on the pool's threads -----------------------------------------------------------------------
+    def _decode(self, data: bytes, limit: int, setting: str, deadline_s: float | None, queued_s: float):
+        _check_deadline(deadline_s, queued_s)
+        return decode_image(data, self.cfg, max_pixels=limit, setting=setting)
+
+    def _measure(self, blobs: list[bytes], deadline_s: float | None, queued_s: float) -> None:
+        _check_deadline(deadline_s, queued_s)
+        total = sum(math.prod(open_image(b, max_pixels=self.max_pixels).size) for b in blobs)
+        if total > self.max_request_pixels:
+            raise BadRequest(
+                f"the request's {len(blobs)} images hold {total} pixels in all, over the limit of "
+                f"{self.max_request_pixels} (SAIT_MAX_REQUEST_PIXELS)"
+            )
 
     def close(self) -> None:
         self.pool.close()

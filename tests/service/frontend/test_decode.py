@@ -72,19 +72,23 @@ def test_an_image_whose_deadline_passed_is_not_decoded():
         decoder.close()
 
 
-def test_a_request_is_bounded_by_its_images_pixels_in_all():
+def test_a_request_over_its_pixels_in_all_is_refused_before_any_decoding(monkeypatch):
     import asyncio
 
-    from service.frontend.decode import ImageDecoder, PixelBudget
+    from service.frontend import decode
 
-    budget = PixelBudget(100)
-    budget.take(60)
-    with pytest.raises(BadRequest, match="SAIT_MAX_REQUEST_PIXELS"):
-        budget.take(41)
-    decoder = ImageDecoder(cfg=CFG, max_pixels=10**7, max_request_pixels=3 * 320 * 240, threads=2)
+    decoded = []
+    real = decode.pil_to_uint8
+    monkeypatch.setattr(decode, "pil_to_uint8", lambda img, cfg: decoded.append(img.size) or real(img, cfg))
+    decoder = decode.ImageDecoder(cfg=CFG, max_pixels=10**7, max_request_pixels=3 * 320 * 240, threads=2)
     try:
         assert len(asyncio.run(decoder.decode_many([jpeg_bytes(seed=i) for i in range(3)]))) == 3
-        with pytest.raises(BadRequest, match="SAIT_MAX_REQUEST_PIXELS"):
+        assert len(decoded) == 3
+        with pytest.raises(BadRequest, match=r"4 images hold 307200 pixels in all.*SAIT_MAX_REQUEST_PIXELS"):
             asyncio.run(decoder.decode_many([jpeg_bytes(seed=i) for i in range(4)]))
+        assert len(decoded) == 3  # not one more image decoded
+        # One image is a whole request: the smaller of the two limits, named in the message.
+        with pytest.raises(BadRequest, match="SAIT_MAX_REQUEST_PIXELS"):
+            asyncio.run(decode.ImageDecoder(cfg=CFG, max_pixels=10**7, max_request_pixels=1000).decode(jpeg_bytes()))
     finally:
         decoder.close()
