@@ -37,8 +37,16 @@ from pathlib import Path
 from bench.environment import git_commit
 from bench.loadgen.arrivals import RateProfile
 from bench.loadgen.client import Target
-from bench.loadgen.compare import UsageError, Variant, parse_variant
-from bench.loadgen.docblock import cpu_model, replace_block
+from bench.loadgen.compare import (
+    UsageError,
+    Variant,
+    add_variant_options,
+    parse_variant,
+    variant_notes,
+    variant_records,
+    write_block,
+)
+from bench.loadgen.docblock import cpu_model
 from bench.loadgen.payloads import DEFAULT_IMAGE_DIR, Payload, PayloadError, load_folder, synthetic
 from bench.loadgen.scenario import Dials, Scenario
 from bench.loadgen.server import ServerError, ServerProcess, cpu_by_role, server_threads
@@ -227,9 +235,7 @@ def markdown(doc: dict) -> str:
             )
     if doc.get("variants"):
         lines.append("")
-    for v in doc.get("variants", []):
-        where = f"checkout {v['root']} (commit {v.get('commit') or 'unknown'})" if v["root"] else "this checkout"
-        lines.append(f"- `{v['name']}`: {where}, settings {v['settings'] or '{}'}")
+    lines += variant_notes(doc.get("variants", []))
     return "\n".join(lines) + "\n"
 
 
@@ -247,22 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration-s", type=float, default=20.0, help="measured seconds per case")
     p.add_argument("--warmup-s", type=float, default=3.0, help="unmeasured seconds before each case")
     p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE", help="extra SAIT_ setting")
-    p.add_argument(
-        "--variant",
-        action="append",
-        default=[],
-        metavar="NAME[@CHECKOUT]:K=V;...",
-        help="a server variant (repeat; default: one server from this checkout)",
-    )
     p.add_argument("--rounds", type=int, default=1, help="turns of every variant at every case")
     p.add_argument("--images", type=Path, default=None, help=f"image folder (default {DEFAULT_IMAGE_DIR})")
     p.add_argument("--out", type=Path, default=Path("out/request_cost.json"))
-    p.add_argument("--docs", type=Path, default=None, help="markdown file to write the table into")
-    p.add_argument(
-        "--block",
-        default=DEFAULT_BLOCK,
-        help="name of the marked block in --docs that the table replaces (<!-- NAME:begin --> ... end)",
-    )
+    add_variant_options(p, default_block=DEFAULT_BLOCK)
     return p
 
 
@@ -343,22 +337,13 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m bench.request_cost " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "rounds": args.rounds,
         "cases": [asdict(c) for c in costs],
-        "variants": [
-            {
-                "name": v.name,
-                "root": str(v.root) if v.root else None,
-                "settings": v.settings,
-                "commit": git_commit(v.root) if v.root else None,
-            }
-            for v in variants
-        ],
+        "variants": variant_records(variants),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2))
     table = markdown(doc)
     if args.docs is not None:
-        begin, end = f"<!-- {args.block}:begin -->", f"<!-- {args.block}:end -->"
-        replace_block(args.docs, f"{begin}\n{table}{end}", begin=begin, end=end)
+        write_block(args.docs, args.block, table)
     print(table)
     return 0
 

@@ -7,8 +7,9 @@ level) ends the process with exit code 2 and one line on stderr saying what to d
 traceback.
 
 SIGTERM/SIGINT drain: readiness turns false at once (the load balancer stops sending), new
-inference requests get 503, requests already admitted finish (up to SAIT_DRAIN_TIMEOUT_S),
-then uvicorn closes the listener and the process exits. A second SIGINT forces the exit.
+inference requests get 503, requests already admitted finish, and the process exits within
+SAIT_DRAIN_TIMEOUT_S (+ about a second) whatever clients do (service.frontend.server). A
+second SIGINT forces the exit.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ import sys
 
 from service import supervisor
 from service.engine.core import Engine, StartupError
-from service.frontend.app import create_app
-from service.frontend.draining import DrainingServer, uvicorn_config
-from service.frontend.fast_path import FastInference
+from service.frontend.server import build_server
+from service.proc import exit_now
 from service.settings import SettingsError, load_settings
 from service.supervisor import resolve_api_processes
 
@@ -39,20 +39,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     api_processes = resolve_api_processes(settings)
     if api_processes > 0:
-        return supervisor.run(settings, api_processes)
+        exit_now(supervisor.run(settings, api_processes))
     try:
         engine = Engine.load(settings)
     except StartupError as exc:
         print(f"sait-serve: {exc}", file=sys.stderr)
         return 2
-    app = FastInference(create_app(settings, engine=engine, exit_on_failure=True))
-    config = uvicorn_config(app, settings)
-    server = DrainingServer(config, engine=engine, drain_timeout_s=settings.drain_timeout_s)
+    try:  # limits, TLS, keys, the bounded drain: service.frontend.server
+        server = build_server(settings, engine=engine, exit_on_failure=True)
+    except SettingsError as exc:
+        print(f"sait-serve: {exc}", file=sys.stderr)
+        return 2
     server.run()
     if engine.failed:
         print(f"sait-serve: warm-up failed: {engine.failed}", file=sys.stderr)
-        return 1
-    return 0
+    exit_now(1 if engine.failed else 0)  # within the drain's bound: no slow interpreter teardown
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ While serving: an API process that dies is started again on the same arena (the 
 serving); if the engine dies, the API processes answer 503 with readiness false at once, and
 after ENGINE_LOST_GRACE_S this process stops them and exits 1, so that Kubernetes restarts the
 pod. SIGTERM (or Ctrl-C): every API process drains (readiness 503 at once, in-flight requests
-finish), then the engine finishes its queue and stops last; exit 0.
+finish; what is still unanswered when SAIT_DRAIN_TIMEOUT_S is up gets 503), then the engine
+stops (at the latest at the drain's end: nothing waits for its queue then); exit 0 within the
+drain's time and about two seconds.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ log = logging.getLogger("service.supervisor")
 # After the engine died: how long the API processes keep answering 503 (probes see not-ready,
 # waiting clients get an answer) before they are stopped and this process exits 1.
 ENGINE_LOST_GRACE_S = 2.0
+# After the drain's time: how long a process may take to exit before it is killed.
+EXIT_GRACE_S = 1.8
 # An API process that keeps dying is a bug, not bad luck: more restarts than this within
 # RESTART_WINDOW_S end the server.
 MAX_RESTARTS = 5
@@ -215,7 +219,10 @@ class Supervisor:
                 continue
             if self.stopping and shutdown_deadline is None:
                 log.info("draining: %d API processes first, then the engine", self.n)
-                shutdown_deadline = now + self.settings.drain_timeout_s + 1.0
+                # The API processes answer or give up on every request by the drain's end
+                # (service.frontend.server) and exit about a second later.
+                drain_end = now + self.settings.drain_timeout_s
+                shutdown_deadline = drain_end + EXIT_GRACE_S
                 for p in self.apis:
                     if p is not None and p.is_alive():
                         p.terminate()
@@ -226,14 +233,16 @@ class Supervisor:
                     for p in apis_left:
                         p.kill()
                     apis_left = []
-                if not apis_left and not engine_stopping:
+                # The engine's work is the API processes' requests: once they are gone, or the
+                # drain's time is up (they answer 503 for what is left), nothing waits for it.
+                if (not apis_left or now > drain_end) and not engine_stopping:
                     engine_stopping = True
                     self.control.send("stop")
-                    shutdown_deadline = now + 1.0 + self.settings.drain_timeout_s
-                if engine_stopping and not engine_alive:
+                    shutdown_deadline = max(shutdown_deadline, now + EXIT_GRACE_S)
+                if engine_stopping and not engine_alive and not apis_left:
                     bad = [p.exitcode for p in self.apis if p is not None and p.exitcode not in (0, -signal.SIGTERM)]
                     return 0 if self.engine.exitcode == 0 and not bad else 1
-                if engine_stopping and now > shutdown_deadline:
+                if engine_stopping and engine_alive and now > shutdown_deadline:
                     log.warning("the engine did not stop in time: killed")
                     self.engine.kill()
                     return 1

@@ -248,7 +248,10 @@ class EngineClient:
         if not self._connected:
             return
         self._connected = False
-        log.error("lost the engine process: answering 503 until this process is stopped")
+        if self.draining:  # the supervisor stops the engine at the end of the drain: expected
+            log.info("the engine process stopped: answering 503 until this process exits")
+        else:
+            log.error("lost the engine process: answering 503 until this process is stopped")
         for fut in self._waiting.values():
             if not fut.done():
                 fut.set_exception(Unavailable(ENGINE_GONE))

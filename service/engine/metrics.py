@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 disable_created_metrics()
 
 NO_LEVEL = "none"
-OUTCOMES = ("ok", "shed", "expired", "bad_request", "error")
+OUTCOMES = ("ok", "shed", "expired", "bad_request", "client_disconnect", "error")
 APIS = ("v1", "v2")
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 

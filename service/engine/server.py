@@ -37,10 +37,13 @@ from service.engine.wire import (
     result_to_wire,
 )
 from service.errors import BadRequest, InternalError, ServiceError
-from service.proc import set_process_name
+from service.proc import exit_now, set_process_name
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# After the supervisor's "stop": the longest wait for the batch in progress, then for the worker.
+STOP_S = 0.5
 
 
 @dataclass(eq=False)
@@ -188,7 +191,7 @@ def engine_main(settings_values: dict, socket_path: str, control) -> None:
         sys.exit(2)
     import uvloop
 
-    sys.exit(uvloop.run(_serve(engine, settings, socket_path, control)))
+    exit_now(uvloop.run(_serve(engine, settings, socket_path, control)))
 
 
 async def _serve(engine: Engine, settings: Settings, socket_path: str, control) -> int:
@@ -221,13 +224,14 @@ async def _serve(engine: Engine, settings: Settings, socket_path: str, control) 
     await stop.wait()
     engine.begin_drain()
     server.broadcast_state()
-    # The supervisor stops the engine after the API processes: what is left is queued work.
-    give_up = time.monotonic() + settings.drain_timeout_s
+    # The supervisor stops the engine once the API processes are gone or their drain time is
+    # up: what is still queued is for requests nobody waits for. The batch in progress may end.
+    give_up = time.monotonic() + STOP_S
     while engine.pending() > 0 and time.monotonic() < give_up:
         await asyncio.sleep(0.02)
     warm_task.cancel()
     await server.stop()
-    await engine.shutdown(settings.drain_timeout_s)
+    await engine.shutdown(STOP_S)
     with contextlib.suppress(OSError):
         os.unlink(socket_path)
     log.info("engine stopped")

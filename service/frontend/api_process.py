@@ -14,10 +14,8 @@ import sys
 
 from service.engine.client import EngineClient
 from service.engine.wire import SlotArena
-from service.frontend.app import create_app
-from service.frontend.draining import DrainingServer, uvicorn_config
-from service.frontend.fast_path import FastInference
-from service.proc import die_with_parent, set_process_name
+from service.frontend.server import build_server
+from service.proc import die_with_parent, exit_now, set_process_name
 from service.settings import Settings
 
 
@@ -56,6 +54,11 @@ def api_main(
     )
     arena = SlotArena.attach(arena_name, slots=slots, slot_bytes=slot_bytes)
     client = EngineClient(socket_path=socket_path, arena=arena, index=index)
-    app = FastInference(create_app(settings, engine=client))
-    server = DrainingServer(uvicorn_config(app, settings), engine=client, drain_timeout_s=settings.drain_timeout_s)
+    # Every API process listens on the metrics port too (SO_REUSEPORT, as on the main one): a
+    # scrape reads the engine's metrics, which count every process, and this process's HTTP ones.
+    metrics_socket = (
+        reuseport_socket(settings.host, settings.metrics_port, listening=True) if settings.metrics_port else None
+    )
+    server = build_server(settings, engine=client, process=index, metrics_socket=metrics_socket)
     server.run(sockets=[reuseport_socket(settings.host, port, listening=True)])
+    exit_now(0)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import socket
 import time
 
 import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from svc_helpers import TINY, jpeg_bytes, metric_value
+from svc_helpers import JPEG, TINY, jpeg_bytes, metric_value
 
 from bench.loadgen.server import ServerProcess
 from bench.throughput_check import infer_body
@@ -143,7 +144,7 @@ def test_batches_form_across_api_processes_and_metrics_add_up(server):
 def test_errors_are_counted_once_wherever_they_happen(server):
     before = metrics(server)
     with httpx.Client(base_url=server.url, timeout=60) as c:
-        assert c.post("/v1/classify", content=b"not an image").status_code == 400  # front end
+        assert c.post("/v1/classify", content=b"not an image", headers=JPEG).status_code == 400  # front end
         assert v2_pixels(c, density="l001").status_code == 400  # engine: unknown level
         assert v2_pixels(c, latency_budget_ms=0.001).status_code == 429  # engine: shed
     time.sleep(2 * RECORD_DELAY_S)  # every record has reached the engine (one connection: one process)
@@ -189,7 +190,8 @@ def test_a_killed_api_process_is_replaced_and_the_other_serves_on(server):
         for _ in range(20):  # new connections go to the live process at once
             try:
                 served += (
-                    c.post("/v1/classify", content=jpeg_bytes(), headers={"connection": "close"}).status_code == 200
+                    c.post("/v1/classify", content=jpeg_bytes(), headers={**JPEG, "connection": "close"}).status_code
+                    == 200
                 )
             except httpx.TransportError:
                 pass
@@ -216,7 +218,9 @@ def test_a_killed_engine_turns_every_api_process_to_503_and_the_server_exits_non
         answers = []
         for _ in range(6):
             try:
-                answers.append(httpx.post(f"{s.url}/v1/classify", content=jpeg_bytes(), timeout=5).status_code)
+                answers.append(
+                    httpx.post(f"{s.url}/v1/classify", content=jpeg_bytes(), headers=JPEG, timeout=5).status_code
+                )
             except httpx.TransportError:
                 break  # the supervisor has started to stop the API processes
         assert answers and set(answers) == {503}, answers
@@ -233,7 +237,9 @@ def test_sigterm_under_load_answers_every_accepted_request_then_exits_0():
                 while time.monotonic() < stop_at:
                     sent = time.monotonic()
                     try:
-                        status = c.post("/v1/classify", content=jpeg_bytes(), params={"density": "l040"}).status_code
+                        status = c.post(
+                            "/v1/classify", content=jpeg_bytes(), params={"density": "l040"}, headers=JPEG
+                        ).status_code
                         outcomes.append((sent, str(status)))
                         if status != 200:
                             return  # the server is draining: a load balancer stops sending here
@@ -253,3 +259,27 @@ def test_sigterm_under_load_answers_every_accepted_request_then_exits_0():
         # Every request sent before SIGTERM was accepted, and every accepted request is answered.
         assert before and set(before) == {"200"}, sorted(set(before))
         assert code == 0
+
+
+def test_sigterm_with_a_stalled_upload_exits_within_the_drain_bound():
+    drain_s = 3.0
+    settings = {**SETTINGS, "DRAIN_TIMEOUT_S": str(drain_s), "BODY_TIMEOUT_S": "60", "HEADER_TIMEOUT_S": "60"}
+    with ServerProcess(settings=settings, ready_timeout_s=180) as s:
+        stalled = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(4)]  # the kernel spreads them
+        for sock in stalled:
+            sock.sendall(
+                b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                b"Content-Length: 100000\r\n\r\n\xff\xd8"
+            )
+        time.sleep(0.5)
+        start = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        code = s.proc.wait(timeout=drain_s + 30)
+        took = time.monotonic() - start
+        answers = []
+        for sock in stalled:
+            sock.settimeout(5)
+            answers.append(sock.recv(65536).split(b"\r\n", 1)[0])
+            sock.close()
+    assert code == 0 and took < drain_s + 2.0, (code, took)
+    assert answers == [b"HTTP/1.1 503 Service Unavailable"] * 4, answers

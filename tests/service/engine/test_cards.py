@@ -40,7 +40,13 @@ def server(card_path):
 
 
 def classify(server, **params):
-    return httpx.post(f"{server.url}/v1/classify", content=png_bytes(), params=params, timeout=60)
+    return httpx.post(
+        f"{server.url}/v1/classify",
+        content=png_bytes(),
+        params=params,
+        headers={"Content-Type": "image/png"},
+        timeout=60,
+    )
 
 
 def test_fixed_policy_serves_requests_without_a_dial(server):
