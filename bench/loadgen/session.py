@@ -7,13 +7,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from tqdm import tqdm
 
 from bench.loadgen.arrivals import Process, RateProfile, arrival_times
 from bench.loadgen.client import Result, Target
 from bench.loadgen.driver import check_live, make_client, prepare_target, run_closed_loop, run_open_loop
 from bench.loadgen.payloads import Payload
-from bench.loadgen.report import summarize
+from bench.loadgen.report import generator_stats, summarize
 from bench.loadgen.scenario import Dials, Scenario
 
 
@@ -33,6 +34,8 @@ class LoadRun:
         timeout_s: per-request client timeout.
         seed: seeds arrivals and the class mix.
         progress: show a tqdm bar.
+        procs: generator processes that send the schedule together (bench/loadgen/procs.py);
+            1 sends it from this process.
     """
 
     base_url: str
@@ -46,11 +49,44 @@ class LoadRun:
     timeout_s: float = 30.0
     seed: int = 0
     progress: bool = True
+    procs: int = 1
+
+
+def schedule(run: LoadRun) -> tuple[np.ndarray, list[Dials]]:
+    """The whole run's (arrival times, dials): drawn once from the seed, however many
+    processes send it."""
+    arrivals = arrival_times(run.profile, process=run.process, max_requests=run.max_requests, seed=run.seed)
+    return arrivals, run.scenario.assign(len(arrivals), seed=run.seed)
+
+
+def run_summary(
+    run: LoadRun, parts: Sequence[Sequence[Result]], cpu_wall_s: Sequence[tuple[float, float]]
+) -> tuple[list[Result], dict]:
+    """(results of all generators in schedule order, the run's summary).
+
+    The summary is the one a single process writes for the same results (summarize is over
+    the merged list), plus each generator's send-lag statistics, and the generator CPU summed.
+
+    Args:
+        parts: each generator's results.
+        cpu_wall_s: each generator's (process CPU seconds, wall seconds) while it sent.
+    """
+    if len(parts) != len(cpu_wall_s):
+        raise ValueError("need one (cpu_s, wall_s) per generator")
+    results = sorted((r for part in parts for r in part), key=lambda r: (r.scheduled_s, r.index))
+    summary = summarize(results, duration_s=run.profile.duration_s)
+    gens = [generator_stats(part, cpu_s=c, wall_s=w) for part, (c, w) in zip(parts, cpu_wall_s)]
+    # What the generators took of the machine: on a machine they share with the server, every
+    # core they use is one the server does not have.
+    summary["client_cpu_cores"] = sum(g["cpu_cores"] for g in gens)
+    summary["nominal_rps"] = run.profile.expected_count / run.profile.duration_s
+    summary["generators"] = gens
+    return results, summary
 
 
 async def execute_async(run: LoadRun) -> tuple[list[Result], dict]:
-    arrivals = arrival_times(run.profile, process=run.process, max_requests=run.max_requests, seed=run.seed)
-    dials = run.scenario.assign(len(arrivals), seed=run.seed)
+    """Send the whole schedule from this process (run.procs is not looked at)."""
+    arrivals, dials = schedule(run)
     bar = tqdm(
         total=len(arrivals),
         unit="req",
@@ -77,12 +113,7 @@ async def execute_async(run: LoadRun) -> tuple[list[Result], dict]:
         finally:
             bar.close()
         cpu_s, wall_s = time.process_time() - cpu_s, time.perf_counter() - wall_s
-    summary = summarize(results, duration_s=run.profile.duration_s)
-    # What the generator itself took of the machine: on a machine it shares with the server,
-    # every core it uses is one the server does not have.
-    summary["client_cpu_cores"] = cpu_s / wall_s if wall_s > 0 else float("nan")
-    summary["nominal_rps"] = run.profile.expected_count / run.profile.duration_s
-    return results, summary
+    return run_summary(run, [results], [(cpu_s, wall_s)])
 
 
 def run_async(coro):
@@ -98,6 +129,10 @@ def run_async(coro):
 
 def execute(run: LoadRun) -> tuple[list[Result], dict]:
     """Run the schedule against the server; (per-request results, summary)."""
+    if run.procs > 1:
+        from bench.loadgen.procs import execute_procs  # it imports this module
+
+        return execute_procs(run)
     return run_async(execute_async(run))
 
 
