@@ -145,9 +145,11 @@ def budget_point(
     budget_ms: float,
     payloads: Sequence[Payload],
     seed: int,
+    procs: int = 1,
 ) -> tuple[list[Result], dict]:
     """One point of an overload sweep: Poisson arrivals at a constant rate, every request with
-    the same budget and no density; the client waits 10 budgets (at least 30 s) per request."""
+    the same budget and no density; the client waits 10 budgets (at least 30 s) per request;
+    `procs` generator processes send it."""
     run = LoadRun(
         base_url=base_url,
         target=target,
@@ -157,6 +159,7 @@ def budget_point(
         seed=seed,
         progress=False,
         timeout_s=max(30.0, 10 * budget_ms / 1e3),
+        procs=procs,
     )
     return execute(run)
 
