@@ -43,13 +43,11 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
-from tqdm import tqdm
-
 from bench.loadgen.client import Result, Target
 from bench.loadgen.driver import check_live, make_client, prepare_target, run_open_loop
 from bench.loadgen.payloads import Payload
 from bench.loadgen.scenario import Dials, Scenario
-from bench.loadgen.session import LoadRun, run_async, run_summary, schedule
+from bench.loadgen.session import LoadRun, progress_bar, run_async, run_summary, schedule
 
 READY_TIMEOUT_S = 120.0  # a generator's start (spawn, imports) on a busy machine
 START_LEAD_S = 0.25  # from handing out the start time to the first request
@@ -214,13 +212,7 @@ def execute_procs(run: LoadRun) -> tuple[list[Result], dict]:
     ctx = mp.get_context("spawn")  # no fork of a process that may hold threads or an event loop
     progress = ctx.Array("q", run.procs, lock=False)
     per_gen_inflight = max(1, math.ceil(run.max_inflight / run.procs))
-    bar = tqdm(
-        total=len(arrivals),
-        unit="req",
-        disable=not run.progress,
-        mininterval=0.5,
-        desc=f"{run.target.api} {run.profile.peak_rps:.0f}/s, {run.procs} generators",
-    )
+    bar = progress_bar(run, len(arrivals))
     with tempfile.TemporaryDirectory(prefix="sait-loadgen-") as tmp:
         jobs = [
             GeneratorJob(

@@ -84,16 +84,17 @@ def run_summary(
     return results, summary
 
 
+def progress_bar(run: LoadRun, total: int) -> tqdm:
+    """The run's bar over its scheduled requests (disabled unless run.progress)."""
+    gens = f", {run.procs} generators" if run.procs > 1 else ""
+    desc = f"{run.target.api} {run.profile.peak_rps:.0f}/s{gens}"
+    return tqdm(total=total, unit="req", disable=not run.progress, mininterval=0.5, desc=desc)
+
+
 async def execute_async(run: LoadRun) -> tuple[list[Result], dict]:
     """Send the whole schedule from this process (run.procs is not looked at)."""
     arrivals, dials = schedule(run)
-    bar = tqdm(
-        total=len(arrivals),
-        unit="req",
-        disable=not run.progress,
-        mininterval=0.5,
-        desc=f"{run.target.api} {run.profile.peak_rps:.0f}/s",
-    )
+    bar = progress_bar(run, len(arrivals))
     async with make_client(run.base_url, max_inflight=run.max_inflight, timeout_s=run.timeout_s) as client:
         await check_live(client)
         target = await prepare_target(client, run.target)
