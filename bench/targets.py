@@ -3,7 +3,8 @@
 - a level's speed-up over dense at batch >= 64 is >= 0.95 x (dense GFLOPs / level GFLOPs);
 - CUDA graphs: batch-1 latency <= 40 % of eager at every level;
 - deit_base, dense, batch 256, bf16: >= 45 % of the measured matmul peak;
-- end to end: UINT8 inputs >= 90 % of model-only images/s at the same level, JPEG >= 70 %.
+- end to end (the highest open-loop rate with p99 within the bound): UINT8 inputs >= 90 % of
+  model-only images/s at the same level, JPEG >= 70 %; deit_tiny UINT8 >= 6,000 requests/s.
 A check whose inputs were not measured (CPU run, batch not in the list) is left out.
 """
 
@@ -60,18 +61,28 @@ def model_only_reference(model: dict, max_batch_size: int) -> dict[str, dict]:
     return ref
 
 
-def e2e_checks(e2e: dict, model: dict) -> list[Check]:
-    ref = model_only_reference(model, e2e["settings"]["max_batch_size"])
+def e2e_checks(e2e: dict) -> list[Check]:
+    """From each ladder's figure (bench/e2e_bench.py): the highest open-loop rate with every
+    request answered and p99 within the bound, over model-only images/s at the server's
+    largest batch; and for deit_tiny with UINT8 inputs, that rate itself (issue 17: >= 6,000
+    requests/s with p99 <= 100 ms on one 16-core host)."""
     need = {"uint8": 0.90, "jpeg": 0.70}
-    return [
-        Check(
-            f"{r['level']} e2e {r['input']} / model-only (batch {ref[r['level']]['batch']})",
-            r["images_per_s"] / ref[r["level"]]["images_per_s"],
-            need[r["input"]],
-        )
-        for r in e2e["rows"]
-        if r["level"] in ref and r["input"] in need
-    ]
+    s = e2e["settings"]
+    bound = s["p99_bound_ms"]
+    checks = []
+    for r in e2e["rows"]:
+        where = f"{r['level']} {r['input']}, API procs {r['api_processes']}"
+        if r["input"] in need and r["model_only_batch"] is not None:
+            checks.append(
+                Check(
+                    f"{where}: e2e rate (p99 <= {bound:g} ms) / model-only (batch {r['model_only_batch']})",
+                    r["ratio_to_model_only"],
+                    need[r["input"]],
+                )
+            )
+        if s["model"].startswith("deit_tiny") and r["input"] == "uint8" and bound <= 100:
+            checks.append(Check(f"deit_tiny {where}: requests/s with p99 <= {bound:g} ms", r["highest_rps"], 6000))
+    return checks
 
 
 def targets_markdown(checks: list[Check]) -> str:
