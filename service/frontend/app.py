@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.engine.core import Engine
 from service.errors import ServiceError
-from service.frontend import v1, v2
+from service.frontend import page, v1, v2
 from service.frontend.decode import ImageDecoder
 from service.frontend.inference import error_response
 from service.settings import Settings
@@ -63,7 +63,7 @@ def create_app(settings: Settings, *, engine: Engine | None = None, exit_on_fail
     app.state.settings = settings
     # The routes themselves, not a lazily included router: probes, drift tests and the
     # OpenAPI page all see every path in app.routes.
-    app.router.routes.extend([*v1.router.routes, *v2.router.routes])
+    app.router.routes.extend([*v1.router.routes, *v2.router.routes, *page.router.routes])
 
     @app.get("/metrics", include_in_schema=True, tags=["ops"], summary="Prometheus metrics")
     async def metrics(request: Request) -> Response:
