@@ -9,7 +9,8 @@ image, run it at every level side by side, and watch the controller work. It rea
     GET /v1/live?since_s=T   the engine's timeline: one sample per second of the last minutes
 
 and classifies through `POST /v1/classify` like any client. Every fetch carries the API key
-the page asked for after a 401 (kept in the tab's sessionStorage), so it works behind auth.
+the page asked for after a 401 (kept in the tab's sessionStorage), so it works behind auth;
+`/` and `/ui/*` hold no data and should stay open, or the page cannot load to ask for a key.
 """
 
 from __future__ import annotations

@@ -92,16 +92,6 @@ def console_errors(page) -> list[str]:
     return errors
 
 
-def wait_until(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
 def step_load(url: str, body: bytes, steps: list[tuple[float, float]]) -> None:
     """Open-loop POSTs at (requests/s, seconds) steps with the burst's budget; answers ignored."""
     send = lambda: httpx.post(
@@ -122,7 +112,17 @@ def step_load(url: str, body: bytes, steps: list[tuple[float, float]]) -> None:
 
 
 def chart_total(page, chart: str) -> float:
+    """What a live chart drew: its values summed over the window (the page keeps it on the canvas)."""
     return float(page.get_attribute(f"#chart-{chart}", "data-total") or 0)
+
+
+def wait_for_chart(page, chart: str, at_least: float) -> None:
+    """Until the chart, redrawn once a second, sums to `at_least` (the browser polls; 10 s at most)."""
+    page.wait_for_function(
+        "([id, least]) => Number(document.getElementById(id).dataset.total || 0) >= least",
+        arg=[f"chart-{chart}", at_least],
+        timeout=10_000,
+    )
 
 
 def test_try_it_all_levels_and_live_charts(browser, server_url, photo):
@@ -172,7 +172,7 @@ def test_try_it_all_levels_and_live_charts(browser, server_url, photo):
     assert not page.is_checked("#auto")
 
     # A burst: the live charts (redrawn once a second from GET /v1/live) must move.
-    wait_until(lambda: chart_total(page, "arrivals") > 0, 10, "the live charts to show the page's own requests")
+    wait_for_chart(page, "arrivals", 1)  # the page's own requests
     before = {chart: chart_total(page, chart) for chart in ("arrivals", "mix", "deadlines")}
     pixels_before = page.evaluate("document.getElementById('chart-mix').toDataURL()")
     with ThreadPoolExecutor(8) as pool:
@@ -194,8 +194,7 @@ def test_try_it_all_levels_and_live_charts(browser, server_url, photo):
     # Each line's or stack's samples summed over the window: arrivals count every request,
     # the level mix the served ones, the deadline chart every one met, missed or shed.
     for chart, grown in (("arrivals", BURST), ("mix", codes.count(200)), ("deadlines", BURST)):
-        grew = lambda chart=chart, grown=grown: chart_total(page, chart) >= before[chart] + grown
-        wait_until(grew, 10, f"the {chart} chart to move")
+        wait_for_chart(page, chart, before[chart] + grown)
     assert page.evaluate("document.getElementById('chart-mix').toDataURL()") != pixels_before
     assert page.inner_text("#live-state") == ""  # polling without errors
 
@@ -241,10 +240,12 @@ def test_asks_for_a_key_after_a_401_and_sends_it_on_every_fetch(browser, server_
     assert page.evaluate("sessionStorage.getItem('sait-api-key')") == KEY
     page.set_input_files("#file", str(photo))
     page.wait_for_selector("#answer[data-state=done]")
-    wait_until(lambda: any("/v1/live" in url and auth for url, auth in seen), 5, "a live poll with the key")
+    with page.expect_request(lambda r: "/v1/live" in r.url, timeout=5_000):
+        pass  # one more poll of the live charts
     after_key = seen[[auth for _, auth in seen].index(f"Bearer {KEY}") :]
     assert all(auth == f"Bearer {KEY}" for _, auth in after_key), after_key
-    assert any("/v1/classify" in url for url, _ in after_key)
+    assert any("/v1/classify" in url for url, _ in after_key) and any("/v1/live" in url for url, _ in after_key)
+    assert page.inner_text("#answer-level")  # the keyed classify was served
     page.close()
     # The browser logs each 401 it was answered; nothing else may appear.
     assert [e for e in errors if "status of 401" not in e] == []
