@@ -330,6 +330,10 @@ class Engine:
     async def render_metrics(self) -> tuple[bytes, str]:
         return self.metrics.render()
 
+    async def timeline(self, since_s: float | None = None) -> list[dict]:
+        """The last minutes, one sample per second from `since_s` on (service.engine.timeline)."""
+        return self._timeline.samples(since_s, queued=sum(self.batcher.snapshot().values()) if self.batcher else 0)
+
     # -- accounting for requests answered by other processes' front ends -------------------------------
     def record(
         self,
@@ -361,10 +365,6 @@ class Engine:
 
     def _show_inflight(self) -> None:
         self.metrics.inflight.set(self.inflight + sum(self._remote_inflight.values()))
-
-    def timeline(self, since_s: float | None = None) -> list[dict]:
-        """The last minutes, one sample per second from `since_s` on (service.engine.timeline)."""
-        return self._timeline.samples(since_s, queued=sum(self.batcher.snapshot().values()) if self.batcher else 0)
 
     async def infer(self, images: list[torch.Tensor], dial: Dial, *, arrival_s: float) -> RequestResult:
         """Choose a level, queue the images, await their results. Raises ServiceError.

@@ -95,4 +95,4 @@ async def live(request: Request) -> JSONResponse:
         if not math.isfinite(since_s):
             raise BadRequest(f"since_s must be finite, got {text!r}")
     engine = request.app.state.engine
-    return JSONResponse({"levels": list(engine.describe().levels), "samples": engine.timeline(since_s)})
+    return JSONResponse({"levels": list(engine.describe().levels), "samples": await engine.timeline(since_s)})
