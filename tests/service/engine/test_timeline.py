@@ -15,9 +15,13 @@ class FakeClock:
         return self.now_s
 
 
+def ring(start_s: float, window_s: int = 60) -> tuple[FakeClock, Timeline]:
+    clock = FakeClock(start_s)
+    return clock, Timeline(window_s=window_s, clock=clock)
+
+
 def test_one_second_counts_arrivals_outcomes_and_the_deepest_queue():
-    clock = FakeClock(1_000.2)
-    tl = Timeline(window_s=10, clock=clock)
+    clock, tl = ring(1_000.2, window_s=10)
     tl.arrival(1, queued=3)
     tl.arrival(4, queued=9)
     tl.arrival(1, queued=2)
@@ -46,8 +50,7 @@ def test_one_second_counts_arrivals_outcomes_and_the_deepest_queue():
 
 
 def test_quiet_seconds_are_zeros_and_the_ring_keeps_only_its_window():
-    clock = FakeClock(100.0)
-    tl = Timeline(window_s=5, clock=clock)
+    clock, tl = ring(100.0, window_s=5)
     tl.arrival(1, queued=0)
     clock.now_s = 103.5
     tl.arrival(2, queued=1)
@@ -63,8 +66,7 @@ def test_quiet_seconds_are_zeros_and_the_ring_keeps_only_its_window():
 
 
 def test_since_returns_the_newer_seconds_and_the_current_one_again():
-    clock = FakeClock(10.0)
-    tl = Timeline(window_s=60, clock=clock)
+    clock, tl = ring(10.0, window_s=60)
     for t in range(10, 16):
         clock.now_s = t + 0.5
         tl.arrival(1, queued=0)
@@ -75,16 +77,14 @@ def test_since_returns_the_newer_seconds_and_the_current_one_again():
 
 
 def test_the_queue_now_counts_into_the_current_second_when_read():
-    clock = FakeClock(50.0)
-    tl = Timeline(window_s=60, clock=clock)
+    clock, tl = ring(50.0, window_s=60)
     tl.arrival(1, queued=2)
     clock.now_s = 52.0  # no arrivals while the queue drains: the reader's sample still shows it
     assert [s["queue_max"] for s in tl.samples(queued=5)] == [2, 0, 5]
 
 
 def test_a_wall_clock_step_back_counts_into_the_newest_second():
-    clock = FakeClock(200.0)
-    tl = Timeline(window_s=60, clock=clock)
+    clock, tl = ring(200.0, window_s=60)
     tl.arrival(1, queued=0)
     clock.now_s = 150.0
     tl.arrival(1, queued=0)
