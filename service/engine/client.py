@@ -1,7 +1,7 @@
 """The engine's client interface, for an engine in another process (service.engine.server).
 
 `EngineClient` has the methods the front end calls on an in-process `Engine` (describe,
-health, admit, infer, request_started, request_finished, stats, render_metrics, and the
+health, admit, infer, request_started, request_finished, stats, render_metrics, timeline, and the
 lifecycle: open, warm, begin_drain, pending, shutdown), so the handlers do not know which they
 hold. It lives on the API process's event loop: one connection to the engine, one reader task
 that settles the waiting requests, and the shared-memory arena whose slots carry the pixels.
@@ -198,6 +198,9 @@ class EngineClient:
     async def render_metrics(self) -> tuple[bytes, str]:
         value = await self._call("metrics")
         return value["body"], value["content_type"]
+
+    async def timeline(self, since_s: float | None = None) -> list[dict]:
+        return await self._call("timeline", since_s=since_s)
 
     # -- the connection ------------------------------------------------------------------------------
     def _send(self, msg: dict) -> None:

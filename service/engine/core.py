@@ -2,8 +2,8 @@
 
 The front end talks to it through a small interface only (the methods under "the client
 interface" below): `describe()`, `health()`, `admit()`, `infer()`, `request_started()` /
-`request_finished()`, `stats()`, `render_metrics()`. Everything blocking (loading, warm-up,
-profiling) is a plain method the app runs in a thread before readiness.
+`request_finished()`, `stats()`, `render_metrics()`, `timeline()`. Everything blocking
+(loading, warm-up, profiling) is a plain method the app runs in a thread before readiness.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from service.engine.latency_model import LatencyModel, profile_levels
 from service.engine.load_signals import ArrivalRate, CompletionRatio
 from service.engine.metrics import Metrics
 from service.engine.stats import ModelStats
+from service.engine.timeline import Timeline
 from service.engine.worker import InferenceWorker, ItemResult
 from service.errors import Expired, ServiceError, Unavailable
 from service.settings import Settings
@@ -168,6 +169,7 @@ class Engine:
         self._completions = CompletionRatio()
         self._mailboxes: dict[asyncio.AbstractEventLoop, _Mailbox] = {}
         self._arrivals = ArrivalRate()
+        self._timeline = Timeline()
         self._ready = False
 
     # -- construction -----------------------------------------------------------------------------
@@ -328,6 +330,10 @@ class Engine:
     async def render_metrics(self) -> tuple[bytes, str]:
         return self.metrics.render()
 
+    async def timeline(self, since_s: float | None = None) -> list[dict]:
+        """The last minutes, one sample per second from `since_s` on (service.engine.timeline)."""
+        return self._timeline.samples(since_s, queued=sum(self.batcher.snapshot().values()) if self.batcher else 0)
+
     # -- accounting for requests answered by other processes' front ends -------------------------------
     def record(
         self,
@@ -347,6 +353,7 @@ class Engine:
         if deadline_met is not None:
             self.metrics.observe_deadline(deadline_met)
         self.model_stats.add_request(ok=outcome == "ok", duration_s=duration_s)
+        self._timeline.finished(level=level, outcome=outcome, deadline_met=deadline_met)
 
     def set_remote_inflight(self, source: object, requests: int) -> None:
         """What an API process reports it has in flight (0 when it has gone)."""
@@ -371,6 +378,7 @@ class Engine:
         self._arrivals.add(now_s, len(images))  # shed or not, it is offered load
         load = self._load_snapshot(now_s)
         self.metrics.arrival_rate.set(load.arrival_rate_per_s)
+        self._timeline.arrival(len(images), queued=load.total_queued)
         decision = choose_level(
             dial,
             load,

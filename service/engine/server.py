@@ -170,6 +170,8 @@ class EngineServer:
             return {"body": body, "content_type": content_type}
         if msg["what"] == "stats":
             return await self.engine.stats(msg["version"])
+        if msg["what"] == "timeline":
+            return await self.engine.timeline(msg["since_s"])
         raise ValueError(f"unknown call {msg['what']!r}")
 
 

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.engine.core import Engine
 from service.errors import ServiceError
-from service.frontend import v1, v2
+from service.frontend import page, v1, v2
 from service.frontend.decode import ImageDecoder
 from service.frontend.http_metrics import HttpMetrics
 from service.frontend.inference import error_response
@@ -79,7 +79,7 @@ def create_app(
     app.state.http_metrics = HttpMetrics(process=process)
     # The routes themselves, not a lazily included router: probes, drift tests and the
     # OpenAPI page all see every path in app.routes.
-    app.router.routes.extend([*v1.router.routes, *v2.router.routes])
+    app.router.routes.extend([*v1.router.routes, *v2.router.routes, *page.router.routes])
 
     if not settings.metrics_port:  # else on its own port only (service.frontend.server)
 

@@ -157,6 +157,30 @@ def test_errors_are_counted_once_wherever_they_happen(server):
     assert delta == {"bad_request": 2, "shed": 1}
 
 
+def test_the_page_and_its_timeline_see_every_api_process(server):
+    """The timeline lives in the engine: GET /v1/live through either process counts both."""
+
+    def totals() -> tuple[int, int]:
+        samples = httpx.get(f"{server.url}/v1/live", timeout=30).json()["samples"]
+        return sum(s["arrived"] for s in samples), sum(s["served"].get("l050", 0) for s in samples)
+
+    assert httpx.get(f"{server.url}/", timeout=30).text.startswith("<!doctype html>")
+    assert httpx.get(f"{server.url}/v1/model", timeout=30).json()["levels"][0]["name"] == "dense"
+    arrived_before, served_before = totals()
+    requests = 24
+
+    def one(_):
+        with httpx.Client(base_url=server.url, timeout=60) as c:  # its own connection: either process
+            return v2_pixels(c, density="l050").status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(one, range(requests))) == [200] * requests
+    # Each API process sends its accounting record after answering: it reaches the engine soon after.
+    done = wait_until(lambda: totals()[1] - served_before >= requests, 10)
+    arrived, served = totals()
+    assert done and arrived - arrived_before >= requests and served - served_before == requests
+
+
 def test_shared_memory_slots_are_all_free_after_10000_requests(server):
     # The cheapest request there is (binary UINT8 pixels, no decoding), so that 10,000 fit the
     # suite; every 50th asks for an unknown level, so the engine's error path releases slots too.

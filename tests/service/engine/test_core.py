@@ -92,6 +92,10 @@ def test_infer_serves_at_the_chosen_level_and_accounts_once(engine):
     assert metric_value(text, "sait_inflight_requests") == 0
     stats = asyncio.run(engine.stats("1"))
     assert stats["inference_stats"]["success"]["count"] == 1 and stats["inference_count"] >= 2
+    # The timeline the page draws saw the arrival (2 images) and the answer, once each.
+    live = asyncio.run(engine.timeline())
+    assert sum(s["arrived"] for s in live) == 1 and sum(s["arrived_images"] for s in live) == 2
+    assert sum(s["served"].get("l050", 0) for s in live) == 1 and sum(s["met"] for s in live) == 1
 
 
 def test_drain_refuses_new_requests(engine):
