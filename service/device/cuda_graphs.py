@@ -99,7 +99,6 @@ class GraphBank:
     def capture_all(self, keys: tuple[GraphKey, ...]) -> None:
         device = self.step.device
         torch.cuda.synchronize(device)
-        reserved_before = torch.cuda.memory_reserved(device)
         start = time.perf_counter()
         self.pool = torch.cuda.graph_pool_handle()
         # One static input per bucket, shared by the levels: the levels of a bucket differ
@@ -117,7 +116,12 @@ class GraphBank:
                 self.graphs[key] = self._capture(key, static_input, staging)
         torch.cuda.synchronize(device)
         self.capture_seconds = time.perf_counter() - start
-        self.memory_bytes = max(0, torch.cuda.memory_reserved(device) - reserved_before)
+        # The graphs' memory is their private pool's segments plus the static inputs. Not the
+        # growth of reserved memory: every capture starts with empty_cache() (torch.cuda.graph),
+        # which also frees what an earlier runner in this process left cached, so reserved
+        # memory can shrink while graphs are captured (it read 0 for the second runner).
+        pool_bytes = pool_segment_bytes(torch.cuda.memory_snapshot(), self.pool, device_index(device))
+        self.memory_bytes = pool_bytes + sum(t.numel() * t.element_size() for t, _ in inputs.values())
 
     def _capture(self, key: GraphKey, static_input: torch.Tensor, staging: torch.Tensor) -> _Captured:
         side = torch.cuda.Stream(device=static_input.device)
@@ -149,6 +153,26 @@ class GraphBank:
         c.graph.replay()
         probs, values, indices = c.outputs
         return probs[:n], values[:n], indices[:n]
+
+
+def device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def pool_segment_bytes(segments: list[dict], pool, device: int) -> int:
+    """Bytes of the allocator segments (`torch.cuda.memory_snapshot()`) owned by one graph pool.
+
+    Args:
+        segments: the snapshot's segment dicts (keys `segment_pool_id`, `total_size`, `device`).
+        pool: the pool handle of `torch.cuda.graph_pool_handle()` (a pair of ints).
+        device: CUDA device index whose segments count.
+    """
+    pool_id = tuple(pool)
+    return sum(
+        int(seg["total_size"])
+        for seg in segments
+        if tuple(seg.get("segment_pool_id", ())) == pool_id and seg.get("device", device) == device
+    )
 
 
 class CudaGraphRunner(Runner):
