@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precisions", type=_names, default=("bf16", "fp16"), help="precision: compared with fp32")
     p.add_argument("--images-per-set", type=int, default=0, help="precision: per image set (0 = all)")
     p.add_argument("--fp16-images-per-set", type=int, default=0, help="precision: fp16 subset (0 = same)")
+    p.add_argument(
+        "--time-limit-s", type=float, default=3600.0, help="precision: stop after this long, keep what ran (0 = none)"
+    )
     p.add_argument("--out", type=Path, default=None, help="output path without extension (default out/bench/...)")
     return p
 

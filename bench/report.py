@@ -151,4 +151,16 @@ def precision_markdown(result: dict, command: str = "") -> str:
         _table(["level", "precision", "images", "top-1 agreement with fp32", "disagree", "top-1", "fp32 top-1"], rows),
         "",
     ]
+    passes = result.get("passes", [])
+    if passes:
+        out += [
+            "Passes: "
+            + "; ".join(
+                f"{p['precision']} {p['seconds']:.1f} s (runner ready in {p['warmup_s']:.1f} s)" for p in passes
+            )
+            + ".",
+            "",
+        ]
+    if result.get("not_measured"):
+        out += [f"**Not measured**: {result['not_measured']}.", ""]
     return "\n".join(out)

@@ -180,15 +180,20 @@ class CudaGraphRunner(Runner):
 
     Args: as `Runner`, plus
         max_graph_batch: largest bucket captured (default 128).
+        graph_buckets: capture exactly these buckets instead (a tool that forms only full
+            batches needs one); None = `batch_buckets(max_batch_size, cap=max_graph_batch)`.
     """
 
     uses_cuda_graphs = True
 
-    def __init__(self, model, *, max_graph_batch: int = MAX_GRAPH_BATCH, **kwargs):
+    def __init__(
+        self, model, *, max_graph_batch: int = MAX_GRAPH_BATCH, graph_buckets: tuple[int, ...] | None = None, **kwargs
+    ):
         super().__init__(model, **kwargs)
         if self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, got {self.device}")
-        self.plan = GraphPlan(levels=self.levels, buckets=batch_buckets(self.max_batch_size, cap=max_graph_batch))
+        buckets = graph_buckets or batch_buckets(self.max_batch_size, cap=max_graph_batch)
+        self.plan = GraphPlan(levels=self.levels, buckets=buckets)
         self.bank = GraphBank(self.step, input_size=self.input_size)
 
     def _warmup(self) -> None:
