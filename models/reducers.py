@@ -32,10 +32,15 @@ from models.levels import ReductionStep
 
 @dataclass
 class TokenState:
-    """Tokens [B,N,C] and, once tokens were merged, how many originals each stands for [B,N]."""
+    """Tokens [B,N,C] and, once tokens were merged, how many originals each stands for [B,N].
+
+    `log_size` caches log(size) for proportional attention: computed by the first block after a
+    reduction and handed on until the next one (one operator per reduction, not per block).
+    """
 
     x: torch.Tensor
     size: torch.Tensor | None
+    log_size: torch.Tensor | None = None
 
 
 def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

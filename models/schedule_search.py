@@ -149,8 +149,8 @@ def _ablation(variant: str, attention):
     if variant not in ("np", "mk"):
         raise ValueError(f"unknown ablation {variant!r} (np, mk)")
 
-    def patched(attn, x, size, **needs):
-        out, cls_attn, keys = attention(attn, x, None if variant == "np" else size, **needs)
+    def patched(attn, x, log_size, **needs):
+        out, cls_attn, keys = attention(attn, x, None if variant == "np" else log_size, **needs)
         if variant == "mk" and keys is not None:
             keys = keys.view(*keys.shape[:2], attn.num_heads, -1).mean(2)
         return out, cls_attn, keys

@@ -124,9 +124,9 @@ def test_sparse_levels_run_the_advertised_token_counts(all_reducers_model, image
     seen: list[int] = []
     original = SparseViT._attention
 
-    def spy(attn, x, size, **needs):
+    def spy(attn, x, log_size, **needs):
         seen.append(x.shape[1])
-        return original(attn, x, size, **needs)
+        return original(attn, x, log_size, **needs)
 
     with torch.inference_mode():
         for name, lv in all_reducers_model.levels.items():
@@ -203,9 +203,9 @@ def test_class_attention_row_is_fp32_under_bf16_autocast():
     x = torch.randn(2, 197, model.shape.embed_dim)
     size = torch.randint(1, 4, (2, 197)).float()
     with torch.no_grad():
-        _, ref, _ = SparseViT._attention(attn, x, size, need_cls_attn=True)
+        _, ref, _ = SparseViT._attention(attn, x, size.log(), need_cls_attn=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            _, row, keys = SparseViT._attention(attn, x, size, need_cls_attn=True, need_keys=True)
+            _, row, keys = SparseViT._attention(attn, x, size.log(), need_cls_attn=True, need_keys=True)
     assert row.dtype == torch.float32 and keys.dtype == torch.bfloat16  # keys: cast up by the reducer
     torch.testing.assert_close(row, ref, rtol=1e-5, atol=1e-7)
     # The bf16 logits would not: the same row from bf16 q and k is off by far more.
