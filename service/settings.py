@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto, fp32, bf16, fp16")
     cuda_graphs: bool = Field(True, description="capture CUDA graphs on CUDA")
+    compile: bool = Field(
+        False,
+        description="torch.compile each level's step, one program per level and batch bucket, all at "
+        "warm-up (minutes); CUDA graphs are captured of the compiled programs",
+    )
     drain_timeout_s: float = Field(30.0, ge=0, le=3600, description="SIGTERM: time given to in-flight requests")
     api_processes: int | Literal["auto"] = Field(
         "auto",

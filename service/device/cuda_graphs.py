@@ -87,8 +87,9 @@ class GraphBank:
             kernels and allocate workspaces outside the graph).
     """
 
-    def __init__(self, step: InferenceStep, *, input_size: tuple[int, int, int], warmup_iters: int = 2):
+    def __init__(self, step: InferenceStep, *, input_size: tuple[int, int, int], warmup_iters: int = 2, call=None):
         self.step = step
+        self.call = call or step  # what is captured: the step, or its compiled program (SAIT_COMPILE)
         self.input_size = tuple(input_size)
         self.warmup_iters = warmup_iters
         self.graphs: dict[GraphKey, _Captured] = {}
@@ -128,11 +129,11 @@ class GraphBank:
         side.wait_stream(torch.cuda.current_stream(static_input.device))
         with torch.cuda.stream(side):
             for _ in range(self.warmup_iters):
-                self.step(static_input, key.level)
+                self.call(static_input, key.level)
         torch.cuda.current_stream(static_input.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            outputs = self.step(static_input, key.level)
+            outputs = self.call(static_input, key.level)
         return _Captured(graph=graph, static_input=static_input, staging=staging, outputs=outputs)
 
     def replay(self, key: GraphKey, x_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -194,9 +195,10 @@ class CudaGraphRunner(Runner):
             raise ValueError(f"CUDA graphs need a CUDA device, got {self.device}")
         buckets = graph_buckets or batch_buckets(self.max_batch_size, cap=max_graph_batch)
         self.plan = GraphPlan(levels=self.levels, buckets=buckets)
-        self.bank = GraphBank(self.step, input_size=self.input_size)
+        self.bank = GraphBank(self.step, input_size=self.input_size, call=self.step_fn)
 
     def _warmup(self) -> None:
+        self._compile_all()  # compiled programs first (one per bucket up to max_batch_size), then graphs of them
         keys = self.plan.capture_order()
         log.info(
             "capturing %d CUDA graphs (levels=%s buckets=%s)", len(keys), ",".join(self.plan.levels), self.plan.buckets

@@ -188,6 +188,7 @@ class Engine:
                 device=settings.device,
                 precision=settings.precision,
                 cuda_graphs=settings.cuda_graphs,
+                compile=settings.compile,
                 max_batch_size=settings.max_batch_size,
                 top_k=5,
                 levels=_served_levels(model, settings.level_names),

@@ -27,7 +27,7 @@ def test_model_bench_measures_every_cell_and_utilization(model_result):
     md = model_markdown(r, "python -m bench model ...")
     for heading in ("(a) images/s", "(b) batch-1 latency", "(c) FLOP utilization", "torch " + torch.__version__):
         assert heading in md
-    assert md.count("| l050 |") == 2 + 1 + 1  # two batch rows, one latency row, one utilization row
+    assert md.count("| l050 |") == 1 + 2 + 1 + 1  # operators, two batch rows, one latency row, one utilization row
     # Row (a) of l050 at the first batch: speed-up, ideal and their ratio, as measured.
     b0 = r["settings"]["batch_sizes"][0]
     by = {(t["level"], t["batch"]): t["images_per_s"] for t in r["throughput"] if t["mode"] == "eager"}

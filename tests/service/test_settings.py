@@ -33,3 +33,10 @@ def test_settings_refused_with_one_line(argv, message):
     with pytest.raises(SettingsError) as info:
         load_settings(argv)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_compile_is_off_unless_asked(monkeypatch):
+    assert load_settings([]).compile is False
+    monkeypatch.setenv("SAIT_COMPILE", "true")
+    assert load_settings([]).compile is True
+    assert load_settings(["--no-compile"]).compile is False
