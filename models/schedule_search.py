@@ -18,6 +18,9 @@ Schedules (`s` = first block, `b` = block, `k` = fraction of patches kept):
   naive                    one top-k class-attention prune at block 3 (the baseline)
   hyb:<early>:<b>:<k>:<late>[:s], hybg:...   one early prune/prunef/squeeze at block b, then
                            constant (hyb) or geometric (hybg) <late> reduction from s (= b+1)
+  at:<b1,b2,..>:<r1,r2,..> a few reduction points (SaiT-style): at each listed block the same
+                           fraction of the patches goes, by reducer r_i (prune, prunef, merge,
+                           ...; one name for all), e.g. at:4,8:merge or at:3,6,9:prune
 Suffix `+fp`: the exact last-block trim to 2 tokens. Prefix `np/`: no proportional attention.
 """
 
@@ -34,6 +37,7 @@ import torch
 from models.evalset import decode_items, read_labels
 from models.levels import ReductionStep
 from models.loader import load_model
+from models.op_count import count_level_ops
 from models.preprocess import normalize_uint8
 from models.schedules import gflops_ratio
 from models.sparse_vit import SparseViT
@@ -104,6 +108,23 @@ def build(spec: str, strength: float, depth: int, n0: int) -> tuple[ReductionSte
             else:
                 reducers.append(None)
             counts.append(n if block >= early_block else n0)
+    elif kind == "at":
+        blocks = [int(b) for b in parts[1].split(",")]
+        names = parts[2].split(",") if len(parts) > 2 else ["merge"]
+        names = names * len(blocks) if len(names) == 1 else names
+        if len(names) != len(blocks):
+            raise ValueError(f"{spec!r}: one reducer, or one per block")
+        by_block = dict(zip(blocks, names))
+        n = n0
+        for block in range(depth):
+            red = by_block.get(block)
+            if red is not None:
+                fuse = red == "prunef"
+                n = round((n - 1) * (1 - min(strength, 0.99))) + 1 + int(fuse)
+                reducers.append(("prune" if fuse else red, fuse))
+            else:
+                reducers.append(None)
+            counts.append(n)
     else:
         raise ValueError(f"unknown schedule {spec!r}")
     return _counts_to_steps(counts, reducers, n0)
@@ -115,7 +136,7 @@ def fit(spec: str, target: float, model: SparseViT) -> tuple[float, tuple[Reduct
     n0 = shape.num_patches + shape.num_prefix_tokens
     hi = (
         1.0
-        if any(spec.split(":")[0].startswith(k) for k in ("mergegeo", "hybg", "evit", "tps", "naive"))
+        if any(spec.split(":")[0].startswith(k) for k in ("mergegeo", "hybg", "evit", "tps", "naive", "at"))
         else float(n0)
     )
     lo, best = 0.0, None
@@ -195,6 +216,8 @@ def family(kind: str) -> str:
     head = base.split(":")[0]
     if head in ("hyb", "hybg"):
         return f"{base.split(':')[1].replace('prunef', 'prune')} then {base.split(':')[4]}"
+    if head == "at":
+        return "few points: " + "+".join(dict.fromkeys(base.split(":")[2].replace("prunef", "prune").split(",")))
     return {
         "mergedec": "merge",
         "mergegeo": "merge",
@@ -243,6 +266,7 @@ def run_jobs(args: argparse.Namespace) -> None:
         x, y = x[idx], y[idx]
     dense = predictions(model, x, "dense")
     dense_top1 = (dense == y).float().mean().item()
+    dense_ops = count_level_ops(model, "dense").ops
     original_attention = SparseViT._attention
     for job in args.jobs:
         spec, target = job.rsplit("@", 1)
@@ -268,6 +292,8 @@ def run_jobs(args: argparse.Namespace) -> None:
             "agree": round((pred == dense).float().mean().item(), 4),
             "tokens": list(level.tokens_per_block),
             "s": round(time.perf_counter() - t0, 1),
+            "ops": count_level_ops(sparse, "job").ops,
+            "dense_ops": dense_ops,
         }
         print(json.dumps(row), flush=True)
         with args.out.open("a") as f:

@@ -36,7 +36,11 @@ class Settings(BaseSettings):
     served_model_name: str | None = Field(None, description="name in /v2/models/{name} (default: the model)")
     level_card: str | None = Field(None, description="level card JSON (default: the packaged card)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda")
-    levels: str = Field("all", description="'all' or a comma list of level names")
+    levels: str = Field(
+        "auto",
+        description="'auto' (the levels the level card's speed table for this device offers; all "
+        "without one), 'all', or a comma list of level names",
+    )
     max_batch_size: int = Field(32, ge=1, le=1024, description="largest batch")
     max_queue_delay_ms: float = Field(5.0, ge=0, le=10_000, description="longest wait to fill a batch")
     queue_limit: int = Field(512, ge=1, description="queued images before 429")
@@ -122,11 +126,11 @@ class Settings(BaseSettings):
     @classmethod
     def _levels(cls, v: str) -> str:
         v = v.strip()
-        if v == "all":
+        if v in ("all", "auto"):
             return v
         names = [n.strip() for n in v.split(",")]
         if not names or any(not n for n in names):
-            raise ValueError("must be 'all' or a comma list of level names such as 'dense,l070,l050'")
+            raise ValueError("must be 'auto', 'all' or a comma list of level names such as 'dense,l070,l050'")
         if len(set(names)) != len(names):
             raise ValueError("lists a level twice")
         return ",".join(names)
@@ -165,8 +169,9 @@ class Settings(BaseSettings):
 
     @property
     def level_names(self) -> tuple[str, ...] | None:
-        """None for 'all', else the requested names in order."""
-        return None if self.levels == "all" else tuple(self.levels.split(","))
+        """None for 'all' and 'auto' (service.engine.cards.requested_levels resolves 'auto'), else
+        the requested names in order."""
+        return None if self.levels in ("all", "auto") else tuple(self.levels.split(","))
 
     @property
     def fixed_density(self) -> str | float | None:
