@@ -84,14 +84,17 @@ def _runners(
     # levels x 3 buckets = 24 graphs where the test asked for 2 x 3).
     kw = dict(device=str(device), precision=cfg.precision, max_batch_size=max(cfg.batch_sizes), top_k=5, levels=levels)
     runners: dict[str, Runner] = {"eager": EagerRunner(model, **kw)}
+    # Compiled: only the measured batch sizes (and 1, for latency) get a program; compiling
+    # every power of two up to the largest batch would take most of a GPU check's time.
+    compiled = dict(compile=True, compile_buckets=tuple(sorted({1, *cfg.batch_sizes})))
     if cfg.compile:
-        runners["compiled"] = EagerRunner(model, compile=True, **kw)
+        runners["compiled"] = EagerRunner(model, **compiled, **kw)
     if cfg.cuda_graphs and device.type == "cuda":
         from service.device.cuda_graphs import CudaGraphRunner
 
         runners["graphs"] = CudaGraphRunner(model, max_graph_batch=cfg.max_graph_batch, **kw)
         if cfg.compile:
-            runners["graphs-compiled"] = CudaGraphRunner(model, max_graph_batch=cfg.max_graph_batch, compile=True, **kw)
+            runners["graphs-compiled"] = CudaGraphRunner(model, max_graph_batch=cfg.max_graph_batch, **compiled, **kw)
         big = [b for b in cfg.batch_sizes if b > cfg.max_graph_batch]
         if big:
             notes.append(f"graphs mode runs batches {big} eager (above the largest bucket {cfg.max_graph_batch})")

@@ -141,6 +141,8 @@ class Runner:
             warmed up and captured.
         compile: run a `torch.compile`d step (SAIT_COMPILE): one program per (level, batch
             bucket), all compiled at warm-up; a batch is padded to its bucket (service.device.compiled).
+        compile_buckets: the buckets compiled (a tool measuring a few batch sizes needs only
+            those); None = `batch_buckets(max_batch_size)`.
     """
 
     uses_cuda_graphs = False
@@ -156,6 +158,7 @@ class Runner:
         fp32_head: bool = True,
         levels: tuple[str, ...] | None = None,
         compile: bool = False,
+        compile_buckets: tuple[int, ...] | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -181,7 +184,9 @@ class Runner:
             fp32_head=fp32_head,
         )
         self.compile = compile
-        self.compile_buckets: tuple[int, ...] = batch_buckets(max_batch_size) if compile else ()
+        self.compile_buckets: tuple[int, ...] = (
+            tuple(sorted(compile_buckets or batch_buckets(max_batch_size))) if compile else ()
+        )
         self.step_fn = (
             compile_step(self.step, programs=len(self.levels) * len(self.compile_buckets)) if compile else self.step
         )
