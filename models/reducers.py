@@ -90,8 +90,8 @@ def prune(
     not thrown away. The fused token keeps size 1: it is a summary, and giving it the pruned
     count would let proportional attention pull every query towards it.
 
-    Operators: top-k, one gather (two with sizes), a cat; fusion adds a scatter of zeros over
-    the kept patches' weights and one weighted sum (a batched matmul).
+    Operators: top-k, a sort of the kept indices, one gather (two with sizes), a cat; fusion
+    adds a scatter of zeros over the kept patches' weights and one weighted sum (a batched matmul).
     """
     x = state.x
     n = x.shape[1]
@@ -101,8 +101,12 @@ def prune(
     scores = cls_attn[:, 1:]  # patches only: the class token is kept by slicing, not by a mask
     patches = x[:, 1:]
     kept_patches = step.keep - 1 - int(step.fuse)
-    # Fused: most attended first (the order the next block's merging alternates over).
-    top = scores.topk(kept_patches, dim=1, sorted=step.fuse).indices
+    # The kept patches stay in their image order, not in attention order: a merge that follows
+    # alternates tokens into its sets A and B by position, and in attention order two near-tied
+    # scores that swap (another precision, another batch's kernels) would reshuffle A and B for
+    # every token after them. Sorted, a swap moves one token (l040's bf16 agreement with fp32
+    # rose from 84.5 % to 94 % on 200 images with this alone).
+    top = scores.topk(kept_patches, dim=1, sorted=False).indices.sort(dim=1).values
     parts = [x[:, :1], _gather(patches, top)]
     size = None if state.size is None else [state.size[:, :1], _gather(state.size[:, 1:], top)]
     if step.fuse:

@@ -4,7 +4,9 @@ The references below loop over samples and tokens in Python and follow the paper
 (EViT's fused prune, ToMe's bipartite soft matching with size-weighted averaging and a
 protected class token, PiToMe's energy-ranked candidates). They are slow and obvious on
 purpose: a rewrite of the reducers towards fewer, larger operators (issue 18) must keep
-these outputs, order included (the next block's A/B alternation reads the order).
+these outputs, order included (the next block's A/B alternation reads the order). One
+deliberate change, made after the rewrite: a prune keeps its patches in image order (it kept
+them in attention order), see `models.reducers.prune`.
 """
 
 from __future__ import annotations
@@ -38,12 +40,12 @@ def _descending(values: list[float]) -> list[int]:
 
 
 def _ref_prune_fused(x, cls_attn, keep):
-    """EViT: class token, the keep-2 most attended patches (most attended first), then the
+    """EViT: class token, the keep-2 most attended patches (in image order), then the
     attention-weighted mean of the other patches (size 1)."""
     out = []
     for b in range(B):
         order = [i + 1 for i in _descending(cls_attn[b, 1:].tolist())]
-        kept, pruned = order[: keep - 2], order[keep - 2 :]
+        kept, pruned = sorted(order[: keep - 2]), order[keep - 2 :]
         w = cls_attn[b, pruned]
         fused = (x[b, pruned] * w[:, None]).sum(0) / w.sum()
         out.append(torch.cat([x[b, :1], x[b, kept], fused[None]]))
@@ -127,7 +129,7 @@ def test_fused_prune_equals_the_reference(keep, sizes):
     out = _run("prune", keep, x, keys, cls_attn, size, fuse=True)
     _close(out.x, _ref_prune_fused(x, cls_attn, keep))
     if sizes:
-        order = cls_attn[:, 1:].argsort(dim=1, descending=True)[:, : keep - 2] + 1
+        order = cls_attn[:, 1:].argsort(dim=1, descending=True)[:, : keep - 2].sort(dim=1).values + 1
         _close(out.size, torch.cat([size[:, :1], size.gather(1, order), torch.ones(B, 1).double()], 1))
 
 
