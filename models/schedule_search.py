@@ -131,7 +131,12 @@ def build(spec: str, strength: float, depth: int, n0: int) -> tuple[ReductionSte
 
 
 def fit(spec: str, target: float, model: SparseViT) -> tuple[float, tuple[ReductionStep, ...]] | None:
-    """The smallest strength (densest schedule) whose GFLOPs ratio is at or below target."""
+    """The smallest strength (densest schedule) whose GFLOPs ratio is at or below target.
+
+    `level:<name>` is the model's own level of that name (the target is not read).
+    """
+    if spec.startswith("level:"):
+        return 0.0, model.level(spec.split(":", 1)[1]).schedule
     shape = model.shape
     n0 = shape.num_patches + shape.num_prefix_tokens
     hi = (
@@ -180,14 +185,31 @@ def _ablation(variant: str, attention):
 
 
 @torch.inference_mode()
-def predictions(model: SparseViT, x: torch.Tensor, level: str, batch_size: int = 64) -> torch.Tensor:
+def predictions(
+    model: SparseViT, x: torch.Tensor, level: str, batch_size: int = 64, *, bf16: bool = False, noise: float = 0.0
+) -> torch.Tensor:
+    """Top-1 per image at `level`.
+
+    Args:
+        bf16: the blocks under bf16 autocast, the head in fp32 (as the runner serves bf16).
+        noise: add Gaussian noise of this std to the normalized input (fixed seed): how much a
+            level's choice of tokens, and so its answer, moves under a tiny input change.
+    """
     cfg = model.data_config
-    return torch.cat(
-        [
-            model(normalize_uint8(x[i : i + batch_size], cfg), level=level).argmax(-1)
-            for i in range(0, len(x), batch_size)
-        ]
-    )
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = normalize_uint8(x[i : i + batch_size], cfg)
+        if noise:
+            xb = xb + noise * torch.randn(xb.shape, generator=gen)
+        if bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+                lv = model.level(level)
+                feats = model.timm_model.forward_features(xb) if not lv.schedule else model.forward_features(xb, lv)
+            out.append(model.forward_head(feats.float()).argmax(-1))
+        else:
+            out.append(model(xb, level=level).argmax(-1))
+    return torch.cat(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,7 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, help="decoded crops cache (.pt), outside the repository")
     p.add_argument("--out", type=Path, required=True, help="JSON lines, one per job (appended)")
     p.add_argument("--plot", type=Path, help="plot every row of --out: agreement against GFLOPs, per family")
-    p.add_argument("jobs", nargs="*", help="<schedule>@<target>, e.g. merge:2+fp@0.6")
+    p.add_argument(
+        "--stability",
+        action="store_true",
+        help="also: top-1 agreement of bf16 (head fp32) with fp32, and top-1 changes under input noise",
+    )
+    p.add_argument("--noise", type=float, default=1e-3, help="--stability: std of the noise on the normalized input")
+    p.add_argument(
+        "jobs", nargs="*", help="<schedule>@<target>, e.g. merge:2+fp@0.6; level:<name>@0 = the model's level"
+    )
     args = p.parse_args(argv)
     if args.jobs and not (args.set or (args.cache and args.cache.is_file())):
         p.error("jobs need --set (or a filled --cache)")
@@ -295,6 +325,10 @@ def run_jobs(args: argparse.Namespace) -> None:
             "ops": count_level_ops(sparse, "job").ops,
             "dense_ops": dense_ops,
         }
+        if args.stability:
+            row["bf16_agree"] = round((predictions(sparse, x, "job", bf16=True) == pred).float().mean().item(), 4)
+            row["noise_flips"] = int((predictions(sparse, x, "job", noise=args.noise) != pred).sum())
+            row["noise"] = args.noise
         print(json.dumps(row), flush=True)
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")

@@ -66,3 +66,30 @@ def test_default_levels_are_search_schedules(deit_shape_model):
 def test_unknown_family():
     with pytest.raises(ValueError, match="unknown schedule"):
         build("shuffle:2", 3.0, 12, 197)
+
+
+def test_a_few_reduction_points_and_the_models_own_levels(deit_shape_model):
+    steps = build("at:3,6,9:prunef,prune,merge+fp", 0.3, 12, 197)
+    assert [(s.block, s.reducer, s.fuse) for s in steps] == [
+        (3, "prune", True),
+        (6, "prune", False),
+        (9, "merge", False),
+        (11, "prune", False),
+    ]
+    assert [s.block for s in fit("at:4,8:merge+fp", 0.6, deit_shape_model)[1]] == [4, 8, 11]
+    assert fit("level:l050", 0.0, deit_shape_model)[1] == deit_shape_model.level("l050").schedule
+    with pytest.raises(ValueError, match="one reducer, or one per block"):
+        build("at:3,6,9:prune,merge", 0.3, 12, 197)
+
+
+def test_stability_predictions_run_in_bf16_and_under_noise():
+    from models import load_model
+    from models.schedule_search import predictions
+
+    torch.manual_seed(0)
+    model = load_model("vit_tiny_test", pretrained=False).eval()
+    x = torch.randint(0, 256, (3, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    clean = predictions(model, x, "l050")
+    assert torch.equal(predictions(model, x, "l050", noise=0.0), clean)  # no noise: the same answers
+    for kwargs in ({"bf16": True}, {"noise": 1e-3}):
+        assert predictions(model, x, "l050", **kwargs).shape == clean.shape
