@@ -37,6 +37,11 @@ class Recipe:
         early_fuse: for an early "prune": fuse the pruned patches into one token (EViT).
         final_prune: after the last block's attention only the class token feeds the head,
             so the last MLP can run on 2 tokens: exact, and cheaper.
+        points: a few reduction points instead of gradual reduction (SaiT-style), as fractions
+            of depth; at each, the fraction `strength` of the patches goes, by `reducer` (or by
+            `point_reducers[i]`, where "prunef" is a prune with fusion). `start`, `profile`
+            and `early` are then not read.
+        point_reducers: one reducer per point (default: `reducer` at every point).
     """
 
     reducer: str = "merge"
@@ -45,12 +50,18 @@ class Recipe:
     early: tuple[str, float, float] | None = None
     early_fuse: bool = False
     final_prune: bool = True
+    points: tuple[float, ...] = ()
+    point_reducers: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.profile not in ("constant", "geometric"):
             raise ValueError(f"recipe profile must be constant or geometric, not {self.profile!r}")
+        if self.point_reducers and len(self.point_reducers) != len(self.points):
+            raise ValueError("a recipe needs one point reducer per point (or none)")
 
     def steps(self, shape: VitShape, strength: float) -> tuple[ReductionStep, ...]:
+        if self.points:
+            return self._point_steps(shape, strength)
         depth = shape.depth
         n = shape.num_patches + shape.num_prefix_tokens
         start = round(self.start * depth)
@@ -80,6 +91,21 @@ class Recipe:
             steps.append(ReductionStep(depth - 1, "prune", 2))
         return tuple(steps)
 
+    def _point_steps(self, shape: VitShape, strength: float) -> tuple[ReductionStep, ...]:
+        depth = shape.depth
+        n = shape.num_patches + shape.num_prefix_tokens
+        names = self.point_reducers or (self.reducer,) * len(self.points)
+        steps = []
+        for frac, name in sorted(zip(self.points, names)):
+            fuse = name == "prunef"
+            keep = max(3, round((n - 1) * (1.0 - strength)) + 1 + int(fuse))
+            if keep < n:
+                steps.append(ReductionStep(round(frac * depth), "prune" if fuse else name, keep, fuse=fuse))
+                n = keep
+        if self.final_prune:
+            steps.append(ReductionStep(depth - 1, "prune", 2))
+        return tuple(steps)
+
 
 def gflops_ratio(shape: VitShape, steps: tuple[ReductionStep, ...] | list[ReductionStep]) -> float:
     """Analytic GFLOPs of a schedule divided by dense GFLOPs."""
@@ -96,7 +122,7 @@ def gflops_ratio(shape: VitShape, steps: tuple[ReductionStep, ...] | list[Reduct
 
 def fit(recipe: Recipe, shape: VitShape, target: float) -> tuple[ReductionStep, ...]:
     """The densest schedule of `recipe` whose GFLOPs ratio is at or below `target`."""
-    lo, hi = 0.0, (0.99 if recipe.profile == "geometric" else float(shape.num_patches))
+    lo, hi = 0.0, (0.99 if recipe.profile == "geometric" or recipe.points else float(shape.num_patches))
     best = None
     for _ in range(40):  # bisection on the strength; the ratio falls as strength grows
         mid = (lo + hi) / 2
