@@ -7,7 +7,7 @@ import timm
 import torch
 
 from models.schedule_search import build, fit
-from models.schedules import DEFAULT_RECIPES, gflops_ratio, level_name
+from models.schedules import DEFAULT_RECIPES, FEW_POINT_RECIPES, gflops_ratio, level_name
 from models.sparse_vit import SparseViT
 
 
@@ -61,6 +61,17 @@ def test_default_levels_are_search_schedules(deit_shape_model):
         level = deit_shape_model.level(level_name(target))
         searched = SparseViT(deit_shape_model.timm_model, schedules={"x": steps}).level("x")
         assert searched.tokens_per_block == level.tokens_per_block, target
+    few = {
+        "f080": "at:5,8:merge+fp",
+        "p080": "at:4,7,10:prune+fp",
+        "f065": "at:4,8:merge+fp",
+        "f050": "at:2,5,8:prunef,merge,merge+fp",
+        "f040": "at:1,4,7:prunef,merge,merge+fp",
+    }
+    assert set(few) == set(FEW_POINT_RECIPES)
+    for name, spec in few.items():
+        _, steps = fit(spec, FEW_POINT_RECIPES[name][0], deit_shape_model)
+        assert steps == deit_shape_model.level(name).schedule, name
 
 
 def test_unknown_family():

@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from models.schedules import DEFAULT_RECIPES, Recipe, fit, gflops_ratio
+from models.schedules import DEFAULT_RECIPES, FEW_POINT_RECIPES, Recipe, fit, gflops_ratio
 from models.sparse_vit import SparseViT, vit_shape
 
 
@@ -14,7 +14,7 @@ from models.sparse_vit import SparseViT, vit_shape
 def test_default_recipes_fit_any_vit(name):
     with torch.device("meta"):
         shape = vit_shape(timm.create_model(name, pretrained=False))
-    for target, recipe in DEFAULT_RECIPES.items():
+    for target, recipe in [*DEFAULT_RECIPES.items(), *FEW_POINT_RECIPES.values()]:
         steps = fit(recipe, shape, target)
         assert target - 0.02 < gflops_ratio(shape, steps) <= target
         keeps = [s.keep for s in steps]
