@@ -36,17 +36,13 @@ def _fake_assets(root, per_set: int):
                 w.writerow([name, i])
 
 
+def _config(assets, **settings) -> PrecisionBenchConfig:
+    return PrecisionBenchConfig(model="vit_tiny_test", device="cpu", assets=str(assets), **settings)
+
+
 def test_precision_bench_compares_every_level_with_fp32(tmp_path):
     _fake_assets(tmp_path, per_set=3)
-    cfg = PrecisionBenchConfig(
-        model="vit_tiny_test",
-        device="cpu",
-        precisions=("bf16", "bf16-head16"),
-        images_per_set=2,
-        batch_size=2,
-        assets=str(tmp_path),
-    )
-    r = run_precision_bench(cfg)
+    r = run_precision_bench(_config(tmp_path, precisions=("bf16", "bf16-head16"), images_per_set=2, batch_size=2))
     assert r["images"] == {s: 2 for s in IMAGE_SETS}
     n_levels = len(load_model("vit_tiny_test").levels)
     assert len(r["levels"]) == n_levels
@@ -71,17 +67,10 @@ def test_precision_bench_without_assets_or_with_a_bad_variant_says_why(tmp_path)
 
 def test_precision_bench_stops_at_its_time_limit_and_says_what_it_skipped(tmp_path):
     _fake_assets(tmp_path, per_set=3)
-    cfg = PrecisionBenchConfig(
-        model="vit_tiny_test",
-        device="cpu",
-        precisions=("bf16", "fp16"),
-        images_per_set=3,
-        batch_size=2,  # 3 images per set: the last batch of each level is padded
-        assets=str(tmp_path),
-        time_limit_s=1e-9,  # over after the first level
-        levels=("dense", "l050"),
-    )
-    r = run_precision_bench(cfg)
+    # 3 images per set in batches of 2: the last batch of each level is padded; the time limit
+    # is over after the first level.
+    limits = dict(images_per_set=3, batch_size=2, time_limit_s=1e-9, levels=("dense", "l050"))
+    r = run_precision_bench(_config(tmp_path, precisions=("bf16", "fp16"), **limits))
     assert [(row["precision"], row["level"]) for row in r["rows"]] == [("fp32", "dense")]
     assert r["not_measured"].endswith("not measured: fp32 at l050; bf16; fp16")
     assert [p["precision"] for p in r["passes"]] == ["fp32"]
