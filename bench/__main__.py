@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=_ints, default=(1, 8, 32, 64, 128, 256))
     p.add_argument("--levels", type=_names, default=(), help="comma list (default: all; e2e: dense,l070,l050)")
     p.add_argument("--max-graph-batch", type=int, default=128)
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="model: also time the torch.compile'd step (SAIT_COMPILE), eager vs compiled",
+    )
     p.add_argument("--min-time-s", type=float, default=1.0, help="model: time per cell at least")
     p.add_argument("--max-calls", type=int, default=200, help="model: calls per cell and pass at most")
     p.add_argument("--rounds", type=int, default=1, help="model: passes over the grid, samples pooled (shared CPUs)")
@@ -77,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precisions", type=_names, default=("bf16", "fp16"), help="precision: compared with fp32")
     p.add_argument("--images-per-set", type=int, default=0, help="precision: per image set (0 = all)")
     p.add_argument("--fp16-images-per-set", type=int, default=0, help="precision: fp16 subset (0 = same)")
+    p.add_argument(
+        "--time-limit-s", type=float, default=3600.0, help="precision: stop after this long, keep what ran (0 = none)"
+    )
     p.add_argument("--out", type=Path, default=None, help="output path without extension (default out/bench/...)")
     return p
 

@@ -28,12 +28,27 @@ def _header(result: dict, title: str, command: str) -> list[str]:
     return out + [""]
 
 
+MODES = ("eager", "compiled", "graphs", "graphs-compiled")
+
+
 def model_markdown(result: dict, command: str = "") -> str:
-    modes = sorted({r["mode"] for r in result["throughput"]}, key=["eager", "graphs"].index)
+    modes = sorted({r["mode"] for r in result["throughput"]}, key=MODES.index)
     by = {(r["mode"], r["level"], r["batch"]): r for r in result["throughput"]}
     levels = result["settings"]["levels"]
     dense = levels[0]
     out = _header(result, f"Model only: {result['settings']['model']}", command)
+    if all("ops" in result["levels"][lv] for lv in levels):
+        dense_ops = result["levels"][dense]["ops"]
+        out += [
+            "Operators per forward (ATen operators that compute, views left out; counted on the CPU in "
+            "fp32 at batch 1 by `models.op_count`: on a GPU each is at least one kernel launch).",
+            "",
+            _table(
+                ["level", "ops", "ops / dense"],
+                [[lv, result["levels"][lv]["ops"], result["levels"][lv]["ops"] / dense_ops] for lv in levels],
+            ),
+            "",
+        ]
     out += [
         "(a) images/s per level and batch size (`Runner.run` on a host uint8 batch: upload, normalize, "
         "model, softmax/top-k, download). *Speed-up* is over dense at the same batch and mode; *ideal* is "
@@ -48,15 +63,15 @@ def model_markdown(result: dict, command: str = "") -> str:
             row = [level, info["gflops"], b]
             for m in modes:
                 row.append(by[(m, level, b)]["images_per_s"])
-            if "graphs" in modes:
-                row.append(by[("graphs", level, b)]["images_per_s"] / by[("eager", level, b)]["images_per_s"])
+            for m in modes[1:]:
+                row.append(by[(m, level, b)]["images_per_s"] / by[("eager", level, b)]["images_per_s"])
             best = modes[-1]
             speedup = by[(best, level, b)]["images_per_s"] / by[(best, dense, b)]["images_per_s"]
             ideal = result["levels"][dense]["gflops"] / info["gflops"]
             row += [speedup, ideal, speedup / ideal]
             rows.append(row)
     head = ["level", "GMACs/img", "batch", *[f"{m} img/s" for m in modes]]
-    head += (["graphs/eager"] if "graphs" in modes else []) + [f"speed-up vs dense ({modes[-1]})", "ideal", "of ideal"]
+    head += [f"{m}/eager" for m in modes[1:]] + [f"speed-up vs dense ({modes[-1]})", "ideal", "of ideal"]
     out += [_table(head, rows), ""]
 
     lat = {(r["mode"], r["level"]): r for r in result["latency"]}
@@ -66,13 +81,15 @@ def model_markdown(result: dict, command: str = "") -> str:
         row = [level]
         for m in modes:
             row += [lat[(m, level)]["p50_ms"], lat[(m, level)]["p90_ms"]]
-        if "graphs" in modes:
-            row.append(lat[("graphs", level)]["p50_ms"] / lat[("eager", level)]["p50_ms"])
+        for m in modes[1:]:
+            row.append(lat[(m, level)]["p50_ms"] / lat[("eager", level)]["p50_ms"])
+        row.append(lat[(modes[-1], level)]["p50_ms"] / lat[(modes[-1], dense)]["p50_ms"])
         rows.append(row)
     head = (
         ["level"]
         + [f"{m} {p}" for m in modes for p in ("p50", "p90")]
-        + (["graphs/eager p50"] if "graphs" in modes else [])
+        + [f"{m}/eager p50" for m in modes[1:]]
+        + [f"p50 / dense ({modes[-1]})"]
     )
     out += [_table(head, rows), ""]
 
@@ -191,4 +208,16 @@ def precision_markdown(result: dict, command: str = "") -> str:
         _table(["level", "precision", "images", "top-1 agreement with fp32", "disagree", "top-1", "fp32 top-1"], rows),
         "",
     ]
+    passes = result.get("passes", [])
+    if passes:
+        out += [
+            "Passes: "
+            + "; ".join(
+                f"{p['precision']} {p['seconds']:.1f} s (runner ready in {p['warmup_s']:.1f} s)" for p in passes
+            )
+            + ".",
+            "",
+        ]
+    if result.get("not_measured"):
+        out += [f"**Not measured**: {result['not_measured']}.", ""]
     return "\n".join(out)

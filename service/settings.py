@@ -39,7 +39,11 @@ class Settings(BaseSettings):
     served_model_name: str | None = Field(None, description="name in /v2/models/{name} (default: the model)")
     level_card: str | None = Field(None, description="level card JSON (default: the packaged card)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda")
-    levels: str = Field("all", description="'all' or a comma list of level names")
+    levels: str = Field(
+        "auto",
+        description="'auto' (the levels the level card's speed table for this device offers; all "
+        "without one), 'all', or a comma list of level names",
+    )
     max_batch_size: int = Field(32, ge=1, le=1024, description="largest batch")
     max_queue_delay_ms: float = Field(5.0, ge=0, le=10_000, description="longest wait to fill a batch")
     queue_limit: int = Field(512, ge=1, description="queued images before 429")
@@ -127,6 +131,11 @@ class Settings(BaseSettings):
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto, fp32, bf16, fp16")
     cuda_graphs: bool = Field(True, description="capture CUDA graphs on CUDA")
+    compile: bool = Field(
+        False,
+        description="torch.compile each level's step, one program per level and batch bucket, all at "
+        "warm-up (minutes); CUDA graphs are captured of the compiled programs",
+    )
     drain_timeout_s: float = Field(30.0, ge=0, le=3600, description="SIGTERM: time given to in-flight requests")
     api_processes: int | Literal["auto"] = Field(
         "auto",
@@ -162,11 +171,11 @@ class Settings(BaseSettings):
     @classmethod
     def _levels(cls, v: str) -> str:
         v = v.strip()
-        if v == "all":
+        if v in ("all", "auto"):
             return v
         names = [n.strip() for n in v.split(",")]
         if not names or any(not n for n in names):
-            raise ValueError("must be 'all' or a comma list of level names such as 'dense,l070,l050'")
+            raise ValueError("must be 'auto', 'all' or a comma list of level names such as 'dense,l070,l050'")
         if len(set(names)) != len(names):
             raise ValueError("lists a level twice")
         return ",".join(names)
@@ -220,8 +229,9 @@ class Settings(BaseSettings):
 
     @property
     def level_names(self) -> tuple[str, ...] | None:
-        """None for 'all', else the requested names in order."""
-        return None if self.levels == "all" else tuple(self.levels.split(","))
+        """None for 'all' and 'auto' (service.engine.cards.requested_levels resolves 'auto'), else
+        the requested names in order."""
+        return None if self.levels in ("all", "auto") else tuple(self.levels.split(","))
 
     @property
     def host_names(self) -> frozenset[str] | None:

@@ -20,11 +20,20 @@ import torch
 
 from models import WeightsError, load_model
 from models.card import LevelCard
+from models.device import resolve_device
 from models.preprocess import DataConfig
 from service.device.factory import create_runner
 from service.dial import Dial
 from service.engine.batcher import Batcher, WorkItem
-from service.engine.cards import CardError, LevelFacts, card_accuracy, card_entry, level_facts, load_card
+from service.engine.cards import (
+    CardError,
+    LevelFacts,
+    card_accuracy,
+    card_entry,
+    level_facts,
+    load_card,
+    requested_levels,
+)
 from service.engine.controller import Decision, LevelInfo, LoadSnapshot, Policy, choose_level, ladder, resolve_density
 from service.engine.labels import class_labels
 from service.engine.latency_model import LatencyModel, profile_levels
@@ -129,7 +138,8 @@ class Engine:
         self.model = model
         self.runner = runner
         self.card = card
-        levels = _served_levels(model, settings.level_names)
+        device = getattr(runner, "device", torch.device("cpu"))
+        levels = _served_levels(model, requested_levels(settings, model, card, device))
         self.level_infos = tuple(
             LevelInfo(
                 name=n, gflops_ratio=float(model.level(n).gflops_ratio), accuracy=card_accuracy(card_entry(card, n))
@@ -190,9 +200,10 @@ class Engine:
                 device=settings.device,
                 precision=settings.precision,
                 cuda_graphs=settings.cuda_graphs,
+                compile=settings.compile,
                 max_batch_size=settings.max_batch_size,
                 top_k=5,
-                levels=_served_levels(model, settings.level_names),
+                levels=_served_levels(model, requested_levels(settings, model, card, resolve_device(settings.device))),
             )
         except (RuntimeError, ValueError) as exc:
             raise StartupError(f"cannot create the runner: {exc}") from None

@@ -51,3 +51,10 @@ def test_allowed_hosts_follow_the_bind_address():
         "sait.example.com",
         "[::1]",
     }
+
+
+def test_compile_is_off_unless_asked(monkeypatch):
+    assert load_settings([]).compile is False
+    monkeypatch.setenv("SAIT_COMPILE", "true")
+    assert load_settings([]).compile is True
+    assert load_settings(["--no-compile"]).compile is False

@@ -81,3 +81,34 @@ def test_v2_reports_card_values_in_parameters(server):
     assert doc["parameters"]["level"] == "l080" and doc["parameters"]["top1"] == 0.79
     meta = httpx.get(f"{server.url}/v2/models/{TINY}").json()
     assert meta["parameters"]["levels"] == "dense,l080,l060,l050"
+
+
+# -- SAIT_LEVELS=auto: the card's speed table for this device kind chooses the levels --------
+def _card_with_speed(kind: str):
+    from models.card import LevelCard
+
+    ips = {"dense": {"8": 100.0}, "l080": {"8": 102.0}, "l060": {"8": 140.0}, "l050": {"8": 150.0}}
+    return LevelCard.from_dict({**CARD, "speed": {kind: {"precision": "fp32", "images_per_s": ips}}})
+
+
+def test_auto_levels_come_from_the_speed_table_of_this_device_kind():
+    import torch
+
+    from models import load_model
+    from models.speed import device_kind
+    from service.engine.cards import requested_levels
+    from service.settings import load_settings
+
+    model = load_model(TINY, pretrained=False)
+    cpu = torch.device("cpu")
+    settings = load_settings(["--model", TINY, "--max-batch-size", "8"])
+    assert settings.levels == "auto"
+    # l080 is within the 5 % noise margin of dense: not offered; l050 is 7 % over l060: offered.
+    assert requested_levels(settings, model, _card_with_speed(device_kind(cpu)), cpu) == ("dense", "l060", "l050")
+    # No table for this kind of device (a GPU's only), or no card: every level.
+    assert requested_levels(settings, model, _card_with_speed("cuda:Some GPU"), cpu) is None
+    assert requested_levels(settings, model, None, cpu) is None
+    # 'all' and a list are what they say, whatever the card.
+    card = _card_with_speed(device_kind(cpu))
+    assert requested_levels(load_settings(["--levels", "all"]), model, card, cpu) is None
+    assert requested_levels(load_settings(["--levels", "dense,l080"]), model, card, cpu) == ("dense", "l080")
