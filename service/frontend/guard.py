@@ -3,7 +3,8 @@
 An ASGI wrapper around the app (service.frontend.server installs it only when one of the two
 checks is on, so an open server pays nothing). The health probes are exempt from both: the
 kubelet and load balancers call them with the pod's address and no key, and they reveal
-nothing.
+nothing. The page's shell (`GET /` and its assets under `/ui/`: static files, no data) needs no
+key either, or a browser could not load the page that asks for one; its Host is still checked.
 
 - Host: a browser page on an attacker's domain that resolves to 127.0.0.1 (DNS rebinding)
   reaches a loopback-bound server with its own name in the Host header; the server only
@@ -28,6 +29,13 @@ from service.frontend.http_metrics import HttpMetrics
 from service.settings import SettingsError
 
 PROBES = frozenset({"/v2/health/live", "/v2/health/ready"})
+
+
+def is_page_shell(path: str) -> bool:
+    """The page's static files (service.frontend.page): open to a browser without a key."""
+    return path == "/" or path.startswith("/ui/")
+
+
 MIN_KEY_CHARS = 16
 
 
@@ -80,14 +88,15 @@ class Guard:
         self.metrics = metrics
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and route_path(scope) not in PROBES:
-            refusal = self.check(scope)
+        path = route_path(scope) if scope["type"] == "http" else None
+        if path is not None and path not in PROBES:
+            refusal = self.check(scope, key_needed=not is_page_shell(path))
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
-    def check(self, scope) -> JSONResponse | None:
+    def check(self, scope, *, key_needed: bool = True) -> JSONResponse | None:
         """The refusal for this request, or None when it may pass."""
         host = auth = None
         for name, value in scope["headers"]:
@@ -99,7 +108,7 @@ class Guard:
             message = f"Host {host[:80].decode('latin-1')!r} is not served here (SAIT_ALLOWED_HOSTS)"
             self.metrics.reject("host_not_allowed", message, scope.get("client"))
             return JSONResponse({"error": message}, status_code=400)
-        if self.keys is not None and not self.authorized(auth):
+        if key_needed and self.keys is not None and not self.authorized(auth):
             message = "missing or unknown API key: send 'Authorization: Bearer <key>'"
             self.metrics.reject("unauthorized", message, scope.get("client"))
             return JSONResponse({"error": message}, status_code=401, headers={"WWW-Authenticate": "Bearer"})

@@ -92,6 +92,19 @@ def test_without_a_valid_key_every_route_but_the_probes_is_401(locked):
     assert after == rejected + 12
 
 
+def test_the_page_loads_without_a_key_and_its_data_needs_one(locked):
+    # The page asks for the key after its first 401 (test_page_browser.py); it must load to ask.
+    with httpx.Client(base_url=locked.url, verify=False, timeout=30) as c:
+        page = c.get("/")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert c.get("/ui/app.js").status_code == 200 and c.get("/ui/style.css").status_code == 200
+        for path in ("/v1/model", "/v1/live"):
+            assert c.get(path).status_code == 401
+            assert c.get(path, headers=bearer()).status_code == 200
+        # The Host check still covers the page (DNS rebinding).
+        assert c.get("/", headers={"Host": "evil.example"}).status_code == 400
+
+
 def test_tritonclient_works_over_tls_with_a_key(locked):
     client = triton.InferenceServerClient(
         locked.hostport, ssl=True, ssl_options={"ca_certs": str(locked.cert)}, network_timeout=60
