@@ -71,7 +71,7 @@ class TrainConfig:
     data_dir: str = "../shared/assets/distill-pool"
     labels_csv: str | None = None
     out_dir: str = "out/train"
-    epochs: int = 20
+    epochs: int = 30
     max_steps: int | None = None
     stop_after: int | None = None
     max_minutes: float | None = None

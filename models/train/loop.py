@@ -228,7 +228,7 @@ class Trainer:
         timed_out = False
         while self.step < stop and not timed_out:
             epoch, skip = divmod(self.step, self.steps_per_epoch)
-            for x, labels in self._batches(epoch, skip):
+            for x, labels in self.batches(epoch, skip):
                 record = self.train_step(x, labels)
                 self.history.append(record)
                 bar.update(1)
@@ -259,7 +259,7 @@ class Trainer:
             "last": self.history[-1] if self.history else None,
         }
 
-    def _batches(self, epoch: int, skip: int):
+    def batches(self, epoch: int, skip: int):
         """The epoch's batches from `skip` on: (normalized images, labels), each on the training device."""
         cfg = self.cfg
         if cfg.data == "loader":

@@ -170,7 +170,7 @@ def _perturbed_trainer(make_cfg, out, **kw) -> Trainer:
 
 
 def _one_batch(trainer: Trainer):
-    return next(iter(trainer._batches(0, 0)))
+    return next(iter(trainer.batches(0, 0)))
 
 
 @pytest.mark.parametrize("dense_kd_weight, dense_ce", [(0.0, False), (3.0, False), (1.0, True)])
