@@ -25,6 +25,7 @@ import torch
 from models.evalset import decode_items, read_labels
 from models.machine import cpu_model, replace_block
 from models.preprocess import DataConfig
+from models.train import TrainConfig
 from models.train.data import SeededImages, TrainDataError, build_transform, read_train_labels
 from models.train.memory import AugmentSettings, augment, decode_one, draw_params
 
@@ -43,7 +44,9 @@ def measure(pool: Path, eval_sets: list[Path], *, images: int, seed: int) -> lis
     torch.set_num_threads(1)
     results = []
 
-    transform = build_transform(cfg, augment=True, auto_augment="rand-m9-mstd0.5-inc1", crop_scale_min=0.25)
+    transform = build_transform(
+        cfg, augment=True, auto_augment=TrainConfig.auto_augment, crop_scale_min=TrainConfig.crop_scale_min
+    )
     dataset = SeededImages(rows, transform)
     t0 = time.perf_counter()
     for i in range(len(rows)):
