@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sparse-target", default=d.sparse_target, choices=("teacher", "dense"), help="what sparse levels distil"
     )
+    p.add_argument(
+        "--freeze-blocks",
+        type=int,
+        default=d.freeze_blocks,
+        help="keep the embedding and the first N blocks as they start (default %(default)s)",
+    )
     p.add_argument("--ce-weight", type=float, default=d.ce_weight)
     p.add_argument("--token-weight", type=float, default=d.token_weight, help="0 turns the token-score term off")
     p.add_argument("--teacher-attn-block", type=int, default=d.teacher_attn_block)

@@ -6,7 +6,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # The settings a resumed run must share with the run that wrote the checkpoint.
-RESUME_KEYS = ("model", "batch_size", "seed", "epochs", "max_steps", "levels", "random_levels", "data", "pool_size")
+RESUME_KEYS = (
+    "model",
+    "batch_size",
+    "seed",
+    "epochs",
+    "max_steps",
+    "levels",
+    "random_levels",
+    "data",
+    "pool_size",
+    "freeze_blocks",
+)
 DATA_PATHS = ("memory", "loader")
 SPARSE_TARGETS = ("teacher", "dense")
 
@@ -38,6 +49,9 @@ class TrainConfig:
         sparse_target: what the sparse levels distil: "teacher" (the frozen original) or
             "dense" (the student's own dense output of the same step, detached: SaiT's
             self-distillation).
+        freeze_blocks: keep the embedding (patch, position, class token) and the first this many
+            blocks as they start: the prefix every level runs unreduced, whose changes move the
+            dense level without helping the sparse ones (docs/training.md, "Keep dense").
         ce_weight: weight of cross-entropy on images that carry a label.
         token_weight: weight of the token-score term (0 turns it off).
         teacher_attn_block: teacher block whose class attention the early scores learn (-1: last).
@@ -85,6 +99,7 @@ class TrainConfig:
     dense_kd_weight: float = 1.0
     dense_ce: bool = True
     sparse_target: str = "teacher"
+    freeze_blocks: int = 0
     ce_weight: float = 0.1
     token_weight: float = 0.1
     teacher_attn_block: int = -1
@@ -124,6 +139,7 @@ class TrainConfig:
             (self.export_dtype in ("fp16", "fp32"), f"export_dtype must be fp16 or fp32, got {self.export_dtype}"),
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device}"),
             (self.dense_kd_weight >= 0, f"dense_kd_weight must be >= 0, got {self.dense_kd_weight}"),
+            (self.freeze_blocks >= 0, f"freeze_blocks must be >= 0, got {self.freeze_blocks}"),
             (self.sparse_target in SPARSE_TARGETS, f"sparse_target must be teacher or dense, got {self.sparse_target}"),
             (self.data in DATA_PATHS, f"data must be memory or loader, got {self.data}"),
             (self.pool_size >= 16, f"pool_size must be >= 16, got {self.pool_size}"),

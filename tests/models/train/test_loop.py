@@ -245,3 +245,23 @@ def test_missing_eval_sets_fail_before_training(pool, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "images folder not found" in err and "\n" not in err
     assert not (tmp_path / "x" / "checkpoint").exists()
+
+
+def test_a_frozen_prefix_keeps_its_start_and_leaves_the_optimizer(make_cfg, tmp_path):
+    trainer = _perturbed_trainer(make_cfg, tmp_path / "f", freeze_blocks=2, token_weight=0.0)
+    vit = trainer.student.timm_model
+    before = {k: v.clone() for k, v in vit.state_dict().items()}
+    trainer.train_step(*_one_batch(trainer))
+    after = vit.state_dict()
+    frozen = [k for k in before if k.startswith(("patch_embed.", "pos_embed", "cls_token", "blocks.0.", "blocks.1."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert not torch.equal(before["blocks.2.attn.qkv.weight"], after["blocks.2.attn.qkv.weight"])
+    in_optimizer = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    named = dict(vit.named_parameters())
+    assert not any(id(named[k]) in in_optimizer for k in frozen if k in named)
+    assert id(named["blocks.2.attn.qkv.weight"]) in in_optimizer
+
+
+def test_freezing_more_blocks_than_the_model_has_is_refused(make_cfg, tmp_path):
+    with pytest.raises(ValueError, match="freeze_blocks=7, but the model has 6 blocks"):
+        Trainer(make_cfg(tmp_path / "x", freeze_blocks=7))
