@@ -62,7 +62,7 @@ EXPOSE 8000
 # Readiness, not liveness: the container is healthy once the model is loaded and warmed up.
 # python's urllib because the runtime image has no curl; the port follows SAIT_PORT.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
-    CMD ["python", "-c", "import os, sys, urllib.request; url = 'http://127.0.0.1:%s/v2/health/ready' % os.environ.get('SAIT_PORT', '8000'); sys.exit(0 if urllib.request.urlopen(url, timeout=4).status == 200 else 1)"]
+    CMD ["python", "-c", "import os, ssl, sys, urllib.request; tls = bool(os.environ.get('SAIT_TLS_CERT_FILE')); url = '%s://127.0.0.1:%s/v2/health/ready' % ('https' if tls else 'http', os.environ.get('SAIT_PORT', '8000')); ctx = ssl._create_unverified_context() if tls else None; sys.exit(0 if urllib.request.urlopen(url, timeout=4, context=ctx).status == 200 else 1)"]
 # Exec form: sait-serve itself is PID 1 and receives SIGTERM directly (no shell in between),
 # so it can drain in-flight requests (SAIT_DRAIN_TIMEOUT_S) before exiting.
 ENTRYPOINT ["sait-serve"]

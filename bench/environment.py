@@ -18,7 +18,7 @@ def git_commit(root: Path | None = None) -> str | None:
     Args:
         root: the checkout (this one by default; another worktree for a before/after run).
     """
-    root = root or Path(__file__).resolve().parents[2]
+    root = root or Path(__file__).resolve().parents[1]  # the checkout holding bench/
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10

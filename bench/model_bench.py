@@ -18,6 +18,7 @@ from bench.environment import describe
 from bench.timing import Timing, time_calls
 from models import load_model
 from models.device import resolve_device
+from models.op_count import count_level_ops
 from service.device.runner import EagerRunner, Runner, resolve_precision
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -41,6 +42,8 @@ class ModelBenchConfig:
         max_calls: calls per cell at most.
         matmul_n: side of the square matmul that measures the peak (0: 8192 on CUDA, 1024 on CPU).
         rounds: passes over the whole grid; each cell's samples are pooled over the passes.
+        compile: also measure the compiled step (SAIT_COMPILE): a "compiled" mode, and on CUDA
+            with graphs a "graphs-compiled" mode (graphs captured of the compiled programs).
     """
 
     model: str = "deit_tiny_patch16_224"
@@ -56,6 +59,7 @@ class ModelBenchConfig:
     max_calls: int = 200
     matmul_n: int = 0
     rounds: int = 1
+    compile: bool = False
 
 
 def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, *, n: int, min_time_s: float) -> float:
@@ -72,21 +76,36 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, *, n: int, min_
     return 2 * n**3 * repeats / min(t.samples_s) / 1e12
 
 
-def _runners(model, cfg: ModelBenchConfig, device: torch.device) -> tuple[dict[str, Runner], list[str]]:
+def _runners(
+    model, cfg: ModelBenchConfig, device: torch.device, levels: tuple[str, ...]
+) -> tuple[dict[str, Runner], list[str]]:
     notes = []
-    kw = dict(device=str(device), precision=cfg.precision, max_batch_size=max(cfg.batch_sizes), top_k=5)
+    # Only the measured levels are warmed up and captured (all of the model's were before: 8
+    # levels x 3 buckets = 24 graphs where the test asked for 2 x 3).
+    kw = dict(device=str(device), precision=cfg.precision, max_batch_size=max(cfg.batch_sizes), top_k=5, levels=levels)
     runners: dict[str, Runner] = {"eager": EagerRunner(model, **kw)}
+    # Compiled: only the measured batch sizes (and 1, for latency) get a program; compiling
+    # every power of two up to the largest batch would take most of a GPU check's time.
+    compiled = dict(compile=True, compile_buckets=tuple(sorted({1, *cfg.batch_sizes})))
+    if cfg.compile:
+        runners["compiled"] = EagerRunner(model, **compiled, **kw)
     if cfg.cuda_graphs and device.type == "cuda":
         from service.device.cuda_graphs import CudaGraphRunner
 
         runners["graphs"] = CudaGraphRunner(model, max_graph_batch=cfg.max_graph_batch, **kw)
+        if cfg.compile:
+            runners["graphs-compiled"] = CudaGraphRunner(model, max_graph_batch=cfg.max_graph_batch, **compiled, **kw)
         big = [b for b in cfg.batch_sizes if b > cfg.max_graph_batch]
         if big:
             notes.append(f"graphs mode runs batches {big} eager (above the largest bucket {cfg.max_graph_batch})")
     elif cfg.cuda_graphs:
         notes.append("CUDA graphs skipped: device is CPU (graphs need CUDA)")
-    for r in runners.values():
+    for name, r in runners.items():
         r.warmup()
+        if r.compile:
+            notes.append(
+                f"{name}: {len(r.compile_buckets) * len(r.levels)} programs compiled in {r.compile_seconds:.1f} s"
+            )
     return runners, notes
 
 
@@ -103,7 +122,9 @@ def run_model_bench(cfg: ModelBenchConfig) -> dict:
         p: matmul_peak_tflops(device, _DTYPES[p], n=n, min_time_s=cfg.min_time_s)
         for p in dict.fromkeys(("bf16", precision))
     }
-    runners, notes = _runners(model, cfg, device)
+    # Operators per forward: counted once on the CPU model before it moves (exact, not timed).
+    ops = {name: count_level_ops(model, name).ops for name in levels}
+    runners, notes = _runners(model, cfg, device, tuple(levels))
     x = torch.randint(0, 256, (max(cfg.batch_sizes), *model.data_config.input_size), dtype=torch.uint8)
     timing = dict(
         min_calls=min(cfg.min_calls, cfg.max_calls), max_calls=cfg.max_calls, min_time_s=cfg.min_time_s, device=device
@@ -165,7 +186,7 @@ def run_model_bench(cfg: ModelBenchConfig) -> dict:
         "suite": "model",
         "environment": describe(device),
         "settings": {**asdict(cfg), "levels": list(levels), "precision": precision, "matmul_n": n},
-        "levels": {name: model.level(name).as_dict() for name in levels},
+        "levels": {name: {**model.level(name).as_dict(), "ops": ops[name]} for name in levels},
         "matmul_peak_tflops": peak,
         "cuda_graphs": None
         if graphs is None

@@ -37,14 +37,32 @@ from pathlib import Path
 from bench.environment import git_commit
 from bench.loadgen.arrivals import RateProfile
 from bench.loadgen.client import Target
-from bench.loadgen.compare import UsageError, Variant, parse_variant
-from bench.loadgen.docblock import cpu_model, replace_block
+from bench.loadgen.compare import (
+    UsageError,
+    Variant,
+    add_variant_options,
+    parse_variant,
+    variant_notes,
+    variant_records,
+    write_block,
+)
+from bench.loadgen.docblock import cpu_model
 from bench.loadgen.payloads import DEFAULT_IMAGE_DIR, Payload, PayloadError, load_folder, synthetic
 from bench.loadgen.scenario import Dials, Scenario
-from bench.loadgen.server import ServerError, ServerProcess, thread_cpu_s
+from bench.loadgen.server import ServerError, ServerProcess, cpu_by_role, server_threads
 from bench.loadgen.session import LoadRun, execute
 
 DEFAULT_BLOCK = "request-cost"
+MEDIAN_FIELDS = (
+    "event_loop_ms",
+    "event_loop_sys_ms",
+    "other_threads_ms",
+    "client_ms",
+    "model_ms",
+    "engine_loop_ms",
+    "engine_other_ms",
+    "supervisor_ms",
+)
 CASES = ("v2:uint8", "v2:jpeg", "v1:jpeg")
 
 
@@ -61,27 +79,25 @@ class CaseCost:
     event_loop_sys_ms: float
     other_threads_ms: float
     client_ms: float
+    # Where the rest went (every figure CPU ms per answered request): the model (the inference
+    # worker and its intra-op threads); with the engine in a process of its own, its event loop
+    # and its other threads, and the supervisor. other_threads_ms is then the API processes'
+    # threads besides their event loops.
+    model_ms: float = 0.0
+    engine_loop_ms: float = 0.0
+    engine_other_ms: float = 0.0
+    supervisor_ms: float = 0.0
+    processes: int = 1
 
     @property
     def ceiling_rps(self) -> float:
         """Requests per second one event loop could take if it did nothing else."""
         return 1e3 / self.event_loop_ms if self.event_loop_ms > 0 else float("inf")
 
-
-def split_cpu(
-    before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]], main_tid: int
-) -> tuple[float, float, float]:
-    """(event loop user+sys s, event loop sys s, every other thread's user+sys s) between two
-    `thread_cpu_s` readings. A thread born in between counts from zero; one that ended in
-    between is lost (its time cannot be read any more), so the other-threads figure is a floor."""
-    loop = sys_s = other = 0.0
-    for tid, (user, system) in after.items():
-        u0, s0 = before.get(tid, (0.0, 0.0))
-        if tid == main_tid:
-            loop, sys_s = (user - u0) + (system - s0), system - s0
-        else:
-            other += (user - u0) + (system - s0)
-    return loop, sys_s, other
+    @property
+    def engine_ms(self) -> float:
+        """The engine process's CPU beyond the model's own compute (0 with one process)."""
+        return self.engine_loop_ms + self.engine_other_ms
 
 
 def load_payloads(kind: str, images: Path | None) -> list[Payload]:
@@ -124,10 +140,11 @@ def measure_case(
 
     if warmup_s > 0:
         run(warmup_s, seed=1)
-    before = thread_cpu_s(server.pid)
+    before = server_threads(server.pid)
     summary, client_s = run(duration_s, seed=2)
-    after = thread_cpu_s(server.pid)
-    loop_s, loop_sys_s, other_s = split_cpu(before, after, server.pid)
+    after = server_threads(server.pid)
+    spent = cpu_by_role(before, after)
+    api_processes = len({pid for pid, _ in after if after[(pid, pid)][0] == "api_loop"})
     ok = int(summary["ok"])
     if ok == 0:
         raise ServerError(
@@ -141,10 +158,15 @@ def measure_case(
         payload=payload,
         requests=int(summary["requests"]),
         ok=ok,
-        event_loop_ms=loop_s * per,
-        event_loop_sys_ms=loop_sys_s * per,
-        other_threads_ms=other_s * per,
+        event_loop_ms=spent["api_loop"] * per,
+        event_loop_sys_ms=spent["api_loop_sys"] * per,
+        other_threads_ms=spent["api_other"] * per,
         client_ms=client_s * per,
+        model_ms=spent["model"] * per,
+        engine_loop_ms=spent["engine_loop"] * per,
+        engine_other_ms=spent["engine_other"] * per,
+        supervisor_ms=spent["supervisor"] * per,
+        processes=api_processes,
     )
 
 
@@ -155,10 +177,7 @@ def median_costs(costs: list[CaseCost]) -> list[CaseCost]:
         groups.setdefault((c.variant, c.api, c.payload), []).append(c)
     out = []
     for (variant, api, payload), group in groups.items():
-        med = {
-            f: statistics.median(getattr(c, f) for c in group)
-            for f in ("event_loop_ms", "event_loop_sys_ms", "other_threads_ms", "client_ms")
-        }
+        med = {f: statistics.median(getattr(c, f) for c in group) for f in MEDIAN_FIELDS}
         out.append(
             CaseCost(
                 variant=variant,
@@ -166,6 +185,7 @@ def median_costs(costs: list[CaseCost]) -> list[CaseCost]:
                 payload=payload,
                 requests=sum(c.requests for c in group),
                 ok=sum(c.ok for c in group),
+                processes=group[0].processes,
                 **med,
             )
         )
@@ -183,21 +203,39 @@ def markdown(doc: dict) -> str:
         "",
         f"Command: `{doc['command']}`",
         "",
-        "| server | API | payload | requests | event loop CPU ms/req | of which kernel | other server threads ms/req "
-        "| client ms/req | event-loop ceiling req/s |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for c in median_costs([CaseCost(**c) for c in doc["cases"]]):
-        lines.append(
-            f"| {c.variant} | {c.api} | {c.payload} | {c.ok}/{c.requests} | {c.event_loop_ms:.2f} | "
-            f"{c.event_loop_sys_ms:.2f} | {c.other_threads_ms:.1f} | {c.client_ms:.2f} | "
-            f"{c.ceiling_rps:.0f} |"
-        )
+    costs = median_costs([CaseCost(**c) for c in doc["cases"]])
+    split = any(c.engine_loop_ms > 0 for c in costs)  # an engine process: its columns too
+    if split:
+        lines += [
+            "| server | API | payload | requests | API processes | API event loops CPU ms/req | of which kernel "
+            "| API other threads ms/req | engine event loop ms/req | engine other threads ms/req | model ms/req "
+            "| client ms/req | one event loop's ceiling req/s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+    else:
+        lines += [
+            "| server | API | payload | requests | event loop CPU ms/req | of which kernel "
+            "| other server threads ms/req | client ms/req | event-loop ceiling req/s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+    for c in costs:
+        if split:
+            lines.append(
+                f"| {c.variant} | {c.api} | {c.payload} | {c.ok}/{c.requests} | {c.processes or '0 (one process)'} | "
+                f"{c.event_loop_ms:.2f} | {c.event_loop_sys_ms:.2f} | {c.other_threads_ms:.2f} | "
+                f"{c.engine_loop_ms:.2f} | {c.engine_other_ms:.2f} | {c.model_ms:.1f} | {c.client_ms:.2f} | "
+                f"{c.ceiling_rps:.0f} |"
+            )
+        else:
+            lines.append(
+                f"| {c.variant} | {c.api} | {c.payload} | {c.ok}/{c.requests} | {c.event_loop_ms:.2f} | "
+                f"{c.event_loop_sys_ms:.2f} | {c.other_threads_ms:.1f} | {c.client_ms:.2f} | "
+                f"{c.ceiling_rps:.0f} |"
+            )
     if doc.get("variants"):
         lines.append("")
-    for v in doc.get("variants", []):
-        where = f"checkout {v['root']} (commit {v.get('commit') or 'unknown'})" if v["root"] else "this checkout"
-        lines.append(f"- `{v['name']}`: {where}, settings {v['settings'] or '{}'}")
+    lines += variant_notes(doc.get("variants", []))
     return "\n".join(lines) + "\n"
 
 
@@ -215,22 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration-s", type=float, default=20.0, help="measured seconds per case")
     p.add_argument("--warmup-s", type=float, default=3.0, help="unmeasured seconds before each case")
     p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE", help="extra SAIT_ setting")
-    p.add_argument(
-        "--variant",
-        action="append",
-        default=[],
-        metavar="NAME[@CHECKOUT]:K=V;...",
-        help="a server variant (repeat; default: one server from this checkout)",
-    )
     p.add_argument("--rounds", type=int, default=1, help="turns of every variant at every case")
     p.add_argument("--images", type=Path, default=None, help=f"image folder (default {DEFAULT_IMAGE_DIR})")
     p.add_argument("--out", type=Path, default=Path("out/request_cost.json"))
-    p.add_argument("--docs", type=Path, default=None, help="markdown file to write the table into")
-    p.add_argument(
-        "--block",
-        default=DEFAULT_BLOCK,
-        help="name of the marked block in --docs that the table replaces (<!-- NAME:begin --> ... end)",
-    )
+    add_variant_options(p, default_block=DEFAULT_BLOCK)
     return p
 
 
@@ -311,22 +337,13 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m bench.request_cost " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "rounds": args.rounds,
         "cases": [asdict(c) for c in costs],
-        "variants": [
-            {
-                "name": v.name,
-                "root": str(v.root) if v.root else None,
-                "settings": v.settings,
-                "commit": git_commit(v.root) if v.root else None,
-            }
-            for v in variants
-        ],
+        "variants": variant_records(variants),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2))
     table = markdown(doc)
     if args.docs is not None:
-        begin, end = f"<!-- {args.block}:begin -->", f"<!-- {args.block}:end -->"
-        replace_block(args.docs, f"{begin}\n{table}{end}", begin=begin, end=end)
+        write_block(args.docs, args.block, table)
     print(table)
     return 0
 

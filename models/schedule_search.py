@@ -18,6 +18,9 @@ Schedules (`s` = first block, `b` = block, `k` = fraction of patches kept):
   naive                    one top-k class-attention prune at block 3 (the baseline)
   hyb:<early>:<b>:<k>:<late>[:s], hybg:...   one early prune/prunef/squeeze at block b, then
                            constant (hyb) or geometric (hybg) <late> reduction from s (= b+1)
+  at:<b1,b2,..>:<r1,r2,..> a few reduction points (SaiT-style): at each listed block the same
+                           fraction of the patches goes, by reducer r_i (prune, prunef, merge,
+                           ...; one name for all), e.g. at:4,8:merge or at:3,6,9:prune
 Suffix `+fp`: the exact last-block trim to 2 tokens. Prefix `np/`: no proportional attention.
 """
 
@@ -34,6 +37,7 @@ import torch
 from models.evalset import decode_items, read_labels
 from models.levels import ReductionStep
 from models.loader import load_model
+from models.op_count import count_level_ops
 from models.preprocess import normalize_uint8
 from models.schedules import gflops_ratio
 from models.sparse_vit import SparseViT
@@ -104,18 +108,40 @@ def build(spec: str, strength: float, depth: int, n0: int) -> tuple[ReductionSte
             else:
                 reducers.append(None)
             counts.append(n if block >= early_block else n0)
+    elif kind == "at":
+        blocks = [int(b) for b in parts[1].split(",")]
+        names = parts[2].split(",") if len(parts) > 2 else ["merge"]
+        names = names * len(blocks) if len(names) == 1 else names
+        if len(names) != len(blocks):
+            raise ValueError(f"{spec!r}: one reducer, or one per block")
+        by_block = dict(zip(blocks, names))
+        n = n0
+        for block in range(depth):
+            red = by_block.get(block)
+            if red is not None:
+                fuse = red == "prunef"
+                n = round((n - 1) * (1 - min(strength, 0.99))) + 1 + int(fuse)
+                reducers.append(("prune" if fuse else red, fuse))
+            else:
+                reducers.append(None)
+            counts.append(n)
     else:
         raise ValueError(f"unknown schedule {spec!r}")
     return _counts_to_steps(counts, reducers, n0)
 
 
 def fit(spec: str, target: float, model: SparseViT) -> tuple[float, tuple[ReductionStep, ...]] | None:
-    """The smallest strength (densest schedule) whose GFLOPs ratio is at or below target."""
+    """The smallest strength (densest schedule) whose GFLOPs ratio is at or below target.
+
+    `level:<name>` is the model's own level of that name (the target is not read).
+    """
+    if spec.startswith("level:"):
+        return 0.0, model.level(spec.split(":", 1)[1]).schedule
     shape = model.shape
     n0 = shape.num_patches + shape.num_prefix_tokens
     hi = (
         1.0
-        if any(spec.split(":")[0].startswith(k) for k in ("mergegeo", "hybg", "evit", "tps", "naive"))
+        if any(spec.split(":")[0].startswith(k) for k in ("mergegeo", "hybg", "evit", "tps", "naive", "at"))
         else float(n0)
     )
     lo, best = 0.0, None
@@ -149,8 +175,8 @@ def _ablation(variant: str, attention):
     if variant not in ("np", "mk"):
         raise ValueError(f"unknown ablation {variant!r} (np, mk)")
 
-    def patched(attn, x, size, **needs):
-        out, cls_attn, keys = attention(attn, x, None if variant == "np" else size, **needs)
+    def patched(attn, x, log_size, **needs):
+        out, cls_attn, keys = attention(attn, x, None if variant == "np" else log_size, **needs)
         if variant == "mk" and keys is not None:
             keys = keys.view(*keys.shape[:2], attn.num_heads, -1).mean(2)
         return out, cls_attn, keys
@@ -159,14 +185,31 @@ def _ablation(variant: str, attention):
 
 
 @torch.inference_mode()
-def predictions(model: SparseViT, x: torch.Tensor, level: str, batch_size: int = 64) -> torch.Tensor:
+def predictions(
+    model: SparseViT, x: torch.Tensor, level: str, batch_size: int = 64, *, bf16: bool = False, noise: float = 0.0
+) -> torch.Tensor:
+    """Top-1 per image at `level`.
+
+    Args:
+        bf16: the blocks under bf16 autocast, the head in fp32 (as the runner serves bf16).
+        noise: add Gaussian noise of this std to the normalized input (fixed seed): how much a
+            level's choice of tokens, and so its answer, moves under a tiny input change.
+    """
     cfg = model.data_config
-    return torch.cat(
-        [
-            model(normalize_uint8(x[i : i + batch_size], cfg), level=level).argmax(-1)
-            for i in range(0, len(x), batch_size)
-        ]
-    )
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = normalize_uint8(x[i : i + batch_size], cfg)
+        if noise:
+            xb = xb + noise * torch.randn(xb.shape, generator=gen)
+        if bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+                lv = model.level(level)
+                feats = model.timm_model.forward_features(xb) if not lv.schedule else model.forward_features(xb, lv)
+            out.append(model.forward_head(feats.float()).argmax(-1))
+        else:
+            out.append(model(xb, level=level).argmax(-1))
+    return torch.cat(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,7 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, help="decoded crops cache (.pt), outside the repository")
     p.add_argument("--out", type=Path, required=True, help="JSON lines, one per job (appended)")
     p.add_argument("--plot", type=Path, help="plot every row of --out: agreement against GFLOPs, per family")
-    p.add_argument("jobs", nargs="*", help="<schedule>@<target>, e.g. merge:2+fp@0.6")
+    p.add_argument(
+        "--stability",
+        action="store_true",
+        help="also: top-1 agreement of bf16 (head fp32) with fp32, and top-1 changes under input noise",
+    )
+    p.add_argument("--noise", type=float, default=1e-3, help="--stability: std of the noise on the normalized input")
+    p.add_argument(
+        "jobs", nargs="*", help="<schedule>@<target>, e.g. merge:2+fp@0.6; level:<name>@0 = the model's level"
+    )
     args = p.parse_args(argv)
     if args.jobs and not (args.set or (args.cache and args.cache.is_file())):
         p.error("jobs need --set (or a filled --cache)")
@@ -195,6 +246,8 @@ def family(kind: str) -> str:
     head = base.split(":")[0]
     if head in ("hyb", "hybg"):
         return f"{base.split(':')[1].replace('prunef', 'prune')} then {base.split(':')[4]}"
+    if head == "at":
+        return "few points: " + "+".join(dict.fromkeys(base.split(":")[2].replace("prunef", "prune").split(",")))
     return {
         "mergedec": "merge",
         "mergegeo": "merge",
@@ -243,6 +296,7 @@ def run_jobs(args: argparse.Namespace) -> None:
         x, y = x[idx], y[idx]
     dense = predictions(model, x, "dense")
     dense_top1 = (dense == y).float().mean().item()
+    dense_ops = count_level_ops(model, "dense").ops
     original_attention = SparseViT._attention
     for job in args.jobs:
         spec, target = job.rsplit("@", 1)
@@ -268,7 +322,13 @@ def run_jobs(args: argparse.Namespace) -> None:
             "agree": round((pred == dense).float().mean().item(), 4),
             "tokens": list(level.tokens_per_block),
             "s": round(time.perf_counter() - t0, 1),
+            "ops": count_level_ops(sparse, "job").ops,
+            "dense_ops": dense_ops,
         }
+        if args.stability:
+            row["bf16_agree"] = round((predictions(sparse, x, "job", bf16=True) == pred).float().mean().item(), 4)
+            row["noise_flips"] = int((predictions(sparse, x, "job", noise=args.noise) != pred).sum())
+            row["noise"] = args.noise
         print(json.dumps(row), flush=True)
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")

@@ -37,6 +37,11 @@ class Recipe:
         early_fuse: for an early "prune": fuse the pruned patches into one token (EViT).
         final_prune: after the last block's attention only the class token feeds the head,
             so the last MLP can run on 2 tokens: exact, and cheaper.
+        points: a few reduction points instead of gradual reduction (SaiT-style), as fractions
+            of depth; at each, the fraction `strength` of the patches goes, by `reducer` (or by
+            `point_reducers[i]`, where "prunef" is a prune with fusion). `start`, `profile`
+            and `early` are then not read.
+        point_reducers: one reducer per point (default: `reducer` at every point).
     """
 
     reducer: str = "merge"
@@ -45,12 +50,18 @@ class Recipe:
     early: tuple[str, float, float] | None = None
     early_fuse: bool = False
     final_prune: bool = True
+    points: tuple[float, ...] = ()
+    point_reducers: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.profile not in ("constant", "geometric"):
             raise ValueError(f"recipe profile must be constant or geometric, not {self.profile!r}")
+        if self.point_reducers and len(self.point_reducers) != len(self.points):
+            raise ValueError("a recipe needs one point reducer per point (or none)")
 
     def steps(self, shape: VitShape, strength: float) -> tuple[ReductionStep, ...]:
+        if self.points:
+            return self._point_steps(shape, strength)
         depth = shape.depth
         n = shape.num_patches + shape.num_prefix_tokens
         start = round(self.start * depth)
@@ -80,6 +91,26 @@ class Recipe:
             steps.append(ReductionStep(depth - 1, "prune", 2))
         return tuple(steps)
 
+    def _point_steps(self, shape: VitShape, strength: float) -> tuple[ReductionStep, ...]:
+        depth = shape.depth
+        n = shape.num_patches + shape.num_prefix_tokens
+        names = self.point_reducers or (self.reducer,) * len(self.points)
+        steps, used = [], set()
+        last = depth - 2 if self.final_prune else depth - 1  # the last block holds the exact trim
+        for frac, name in sorted(zip(self.points, names)):
+            block = min(round(frac * depth), last)
+            if block in used:  # a shallow ViT: two points fall on one block
+                continue
+            fuse = name == "prunef"
+            keep = max(3, round((n - 1) * (1.0 - strength)) + 1 + int(fuse))
+            if keep < n:
+                steps.append(ReductionStep(block, "prune" if fuse else name, keep, fuse=fuse))
+                used.add(block)
+                n = keep
+        if self.final_prune:
+            steps.append(ReductionStep(depth - 1, "prune", 2))
+        return tuple(steps)
+
 
 def gflops_ratio(shape: VitShape, steps: tuple[ReductionStep, ...] | list[ReductionStep]) -> float:
     """Analytic GFLOPs of a schedule divided by dense GFLOPs."""
@@ -96,7 +127,7 @@ def gflops_ratio(shape: VitShape, steps: tuple[ReductionStep, ...] | list[Reduct
 
 def fit(recipe: Recipe, shape: VitShape, target: float) -> tuple[ReductionStep, ...]:
     """The densest schedule of `recipe` whose GFLOPs ratio is at or below `target`."""
-    lo, hi = 0.0, (0.99 if recipe.profile == "geometric" else float(shape.num_patches))
+    lo, hi = 0.0, (0.99 if recipe.profile == "geometric" or recipe.points else float(shape.num_patches))
     best = None
     for _ in range(40):  # bisection on the strength; the ratio falls as strength grows
         mid = (lo + hi) / 2
@@ -131,5 +162,25 @@ DEFAULT_RECIPES: dict[float, Recipe] = {
 }
 
 
+# Levels with a few reduction points (issue 18), beside the gradual ones: each reduction point
+# is a chain of operators (about 15 for a merge: models.op_count), and on a GPU that chain
+# costs more than the work it saves until the model is large, so a level that reduces at two
+# or three blocks can be the faster one there. Which levels a device is offered is decided by
+# its measured speed (models.card.choose_levels). Chosen by `python -m models.schedule_search`
+# on 600 images (docs/accuracy.md, "A few reduction points"): "f" = few points (merging, with
+# a fused prune first below 0.5x), "p" = prune only (SaiT/EViT-style: gathers only, no token
+# sizes, so attention keeps its fastest kernel).
+FEW_POINT_RECIPES: dict[str, tuple[float, Recipe]] = {
+    "f080": (0.8, Recipe(reducer="merge", points=(5 / 12, 8 / 12))),
+    "p080": (0.8, Recipe(reducer="prune", points=(4 / 12, 7 / 12, 10 / 12))),
+    "f065": (0.65, Recipe(reducer="merge", points=(4 / 12, 8 / 12))),
+    "f050": (0.5, Recipe(points=(2 / 12, 5 / 12, 8 / 12), point_reducers=("prunef", "merge", "merge"))),
+    "f040": (0.4, Recipe(points=(1 / 12, 4 / 12, 7 / 12), point_reducers=("prunef", "merge", "merge"))),
+}
+
+
 def default_schedules(shape: VitShape) -> dict[str, tuple[ReductionStep, ...]]:
-    return {level_name(t): fit(r, shape, t) for t, r in DEFAULT_RECIPES.items()}
+    """Every default level's schedule, densest first (by GFLOPs; the gradual level first on a tie)."""
+    levels = {level_name(t): fit(r, shape, t) for t, r in DEFAULT_RECIPES.items()}
+    levels |= {name: fit(r, shape, t) for name, (t, r) in FEW_POINT_RECIPES.items()}
+    return dict(sorted(levels.items(), key=lambda kv: -round(gflops_ratio(shape, kv[1]), 4)))

@@ -21,7 +21,7 @@ from torch import nn
 
 from models.levels import DENSE, Level, ReductionStep, VitShape, model_gflops
 from models.preprocess import DataConfig
-from models.reducers import REDUCERS, TokenState, reduce_tokens, scores_needed
+from models.reducers import REDUCERS, TokenState, decisions_in_fp32, reduce_tokens, scores_needed
 
 
 class Attended(NamedTuple):
@@ -151,11 +151,14 @@ class SparseViT(nn.Module):
             need_keys: also return this attention's keys [B,N,heads*head_dim].
         """
         blk = self.timm_model.blocks[index]
+        log_size = state.log_size
+        if log_size is None and state.size is not None:
+            log_size = state.size.log()
         out, cls_attn, keys = self._attention(
-            blk.attn, blk.norm1(state.x), state.size, need_cls_attn=need_cls_attn, need_keys=need_keys
+            blk.attn, blk.norm1(state.x), log_size, need_cls_attn=need_cls_attn, need_keys=need_keys
         )
         x = state.x + blk.drop_path1(blk.ls1(out))
-        return Attended(TokenState(x=x, size=state.size), cls_attn, keys)
+        return Attended(TokenState(x=x, size=state.size, log_size=log_size), cls_attn, keys)
 
     def reduce_and_mlp(
         self,
@@ -174,7 +177,7 @@ class SparseViT(nn.Module):
         if step is not None:
             state = reduce_tokens(step, state, cls_attn=cls_attn, keys=keys, num_blocks=self.shape.depth)
         x = state.x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(state.x))))
-        return TokenState(x=x, size=state.size)
+        return TokenState(x=x, size=state.size, log_size=state.log_size)
 
     def final_norm(self, state: TokenState) -> torch.Tensor:
         """Tokens after the last block -> the features `forward_head` takes."""
@@ -184,32 +187,63 @@ class SparseViT(nn.Module):
     def _attention(
         attn: nn.Module,
         x: torch.Tensor,
-        size: torch.Tensor | None,
+        log_size: torch.Tensor | None,
         *,
         need_cls_attn: bool = False,
         need_keys: bool = False,
     ):
-        """timm Attention, plus (when asked) the class-token attention row and the keys."""
+        """timm Attention, plus (when asked) the class-token attention row and the keys.
+
+        `log_size` [B,N]: log of the token sizes (None: every token is one patch).
+        """
         b, n, _ = x.shape
         qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = attn.q_norm(q), attn.k_norm(k)
         # Proportional attention: a token that stands for s merged tokens gets log(s) more logit.
-        bias = None if size is None else size.log().view(b, 1, 1, n).to(q.dtype)
+        bias = None if log_size is None else log_size.view(b, 1, 1, n).to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         cls_attn = keys = None
         if need_cls_attn:
-            logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)  # [b, heads, 1, n]
-            if bias is not None:
-                logits = logits + bias
-            cls_attn = logits.softmax(dim=-1).mean(dim=1)[:, 0]  # [b, n], mean over heads
+            # The row decides which tokens stay: computed in fp32 whatever the run's precision
+            # (a bf16 row rounds to 3 digits and near-tied patches swap places; docs/precision.md).
+            cls_attn = _class_attention_fp32(attn, x, q, k, log_size)
         if need_keys:
-            keys = k.transpose(1, 2).reshape(b, n, -1)  # [b, n, heads*head_dim]
+            keys = k.transpose(1, 2).reshape(b, n, -1)  # [b, n, heads*head_dim]; the reducer matches in fp32
         out = out.transpose(1, 2).reshape(b, n, -1)
         out = attn.norm(out)
         if getattr(attn, "gate", None) is not None:
             raise NotImplementedError("gated attention is not supported")
         return attn.proj_drop(attn.proj(out)), cls_attn, keys
+
+
+def _class_attention_fp32(
+    attn: nn.Module, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, log_size: torch.Tensor | None
+) -> torch.Tensor:
+    """The class token's attention row [B,N] (mean over heads), in fp32 from the fp32 input `x`.
+
+    The row decides which tokens stay, so it is computed in fp32 whatever the run's precision:
+    a bf16 row rounds to 3 digits and near-tied patches swap places (docs/precision.md). Without
+    q/k norms the logits need no fp32 keys: q_cls·k_j = (W_kᵀ q_cls)·x_j + q_cls·b_k, and the
+    last term is the same for every j, so softmax drops it. That is one [N,C]x[C,heads] product
+    per image instead of the [N,C]x[C,C] key projection. With q/k norms, q and k are cast up.
+    """
+    b, n, c = x.shape
+    with decisions_in_fp32(x):
+        if q.dtype in (torch.float32, torch.float64):  # an fp32 run: q and k are exact already
+            logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)
+        elif isinstance(attn.q_norm, nn.Identity) and isinstance(attn.k_norm, nn.Identity):
+            w = attn.qkv.weight.float()  # [3C, C]: rows for q, then k, then v
+            bias = None if attn.qkv.bias is None else attn.qkv.bias[:c].float()
+            q_cls = F.linear(x[:, 0].float(), w[:c], bias).view(b, attn.num_heads, 1, attn.head_dim)
+            w_k = w[c : 2 * c].view(attn.num_heads, attn.head_dim, c)
+            u = q_cls @ w_k  # [b, heads, 1, C]: W_kᵀ q_cls per head
+            logits = (u * attn.scale) @ x.float().transpose(1, 2).unsqueeze(1)  # [b, heads, 1, n]
+        else:
+            logits = (q[:, :, :1].float() * attn.scale) @ k.float().transpose(-2, -1)
+        if log_size is not None:
+            logits = logits + log_size.float().view(b, 1, 1, n)
+        return logits.softmax(dim=-1).mean(dim=1)[:, 0]
 
 
 def vit_shape(m: nn.Module) -> VitShape:

@@ -45,6 +45,10 @@ class Dial:
     top_k: int = DEFAULT_TOP_K
     priority: int = 0
 
+    def budget_ms(self, default_ms: float) -> float:
+        """The request's end-to-end budget: its own, else the server's default (SAIT_DEFAULT_BUDGET_MS)."""
+        return self.latency_budget_ms if self.latency_budget_ms is not None else default_ms
+
 
 def parse_density(value: object) -> str | float:
     """A level name stays a name (stripped); a number (or numeric text) must lie in (0, 1]."""

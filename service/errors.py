@@ -2,7 +2,8 @@
 
 Both APIs answer them as `{"error": "..."}` (Triton's error body), with Triton's codes where
 Triton has one (400 invalid argument, 404 not found, 503 unavailable, 500 internal) and the
-HTTP meaning otherwise (413 too large, 429 shed with Retry-After, 504 expired in the queue).
+HTTP meaning otherwise (408 body too slow, 413 too large, 415 wrong Content-Type, 429 shed with
+Retry-After, 504 expired in the queue).
 """
 
 from __future__ import annotations
@@ -57,6 +58,26 @@ class PayloadTooLarge(BadRequest):
     status = 413
 
 
+class RequestTimeout(BadRequest):
+    """The body did not arrive within SAIT_BODY_TIMEOUT_S."""
+
+    status = 408
+
+
+class UnsupportedMediaType(BadRequest):
+    status = 415
+
+
+class ClientDisconnected(ServiceError):
+    """The client closed the connection before its request was read: nobody gets the answer.
+
+    499 is nginx's code for it; no client ever sees it, it names the case in logs and tests.
+    """
+
+    status = 499
+    outcome = "client_disconnect"
+
+
 class Shed(ServiceError):
     """Refused early: even the sparsest allowed level cannot meet the deadline, or the queue is full."""
 
@@ -83,3 +104,9 @@ class InternalError(ServiceError):
 
     status = 500
     outcome = "error"
+
+
+# The error a status code stands for, to rebuild an error that crossed a process boundary.
+ERRORS_BY_STATUS: dict[int, type[ServiceError]] = {
+    cls.status: cls for cls in (BadRequest, NotFound, PayloadTooLarge, Shed, Expired, Unavailable, InternalError)
+}

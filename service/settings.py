@@ -20,6 +20,9 @@ from service.errors import BadRequest
 
 ENV_PREFIX = "SAIT_"
 _LEVEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+# A DNS name or an IP literal ([v6] in brackets, as in a Host header).
+_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9.\-]*[a-z0-9])?|\[[0-9a-f:.]+\]")
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 
 class SettingsError(ValueError):
@@ -40,7 +43,11 @@ class Settings(BaseSettings):
         "weights' card: <weights>.card.json beside them, else models/cards/ by their sha256)",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda")
-    levels: str = Field("all", description="'all' or a comma list of level names")
+    levels: str = Field(
+        "auto",
+        description="'auto' (the levels the level card's speed table for this device offers; all "
+        "without one), 'all', or a comma list of level names",
+    )
     max_batch_size: int = Field(32, ge=1, le=1024, description="largest batch")
     max_queue_delay_ms: float = Field(5.0, ge=0, le=10_000, description="longest wait to fill a batch")
     queue_limit: int = Field(512, ge=1, description="queued images before 429")
@@ -84,9 +91,65 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(20_971_520, ge=1024, description="larger bodies get 413")
     max_image_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard")
+    max_request_pixels: int = Field(
+        100_000_000, ge=1, description="sum of the pixels of one request's encoded images (400 above it)"
+    )
+    max_json_bytes: int = Field(
+        4_194_304, ge=1024, description="JSON part of a v2 request (413 above it; binary tensor data is not counted)"
+    )
+    max_json_depth: int = Field(32, ge=8, le=1000, description="nesting depth of a v2 request's JSON (400 above it)")
+    max_number_digits: int = Field(
+        40, ge=20, le=4000, description="digits of one number in a v2 request's JSON (400 above it)"
+    )
+    max_header_bytes: int = Field(
+        16_384, ge=1024, le=1_048_576, description="request line and headers (431 above it; 414 for the URL alone)"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="time for a request's line and headers once it has begun (408, then close)"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="time for a whole request body once its headers are in (408, then close)"
+    )
+    idle_timeout_s: float = Field(
+        5.0, gt=0, le=3600, description="a connection with no request in progress is closed after this"
+    )
+    max_connections: int = Field(
+        1024, ge=1, le=1_000_000, description="open connections; one more gets 503 and is closed"
+    )
+    max_pipelined_requests: int = Field(
+        8, ge=1, le=1024, description="requests one connection may have in flight (HTTP/1.1 pipelining)"
+    )
+    api_keys_file: str | None = Field(
+        None, description="file of API keys, one a line: every route but the health probes needs 'Bearer <key>'"
+    )
+    tls_cert_file: str | None = Field(None, description="PEM certificate (chain): serve HTTPS (with tls_key_file)")
+    tls_key_file: str | None = Field(None, description="PEM private key of tls_cert_file")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="serve /metrics on this port only, plain HTTP, no key (0: on the main port)"
+    )
+    openapi: bool = Field(True, description="serve /docs, /redoc and /openapi.json")
+    allowed_hosts: str = Field(
+        "auto",
+        description="Host headers accepted: comma list of names, '*' for any, 'auto' for "
+        "localhost names when bound to loopback (against DNS rebinding), else any",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto, fp32, bf16, fp16")
     cuda_graphs: bool = Field(True, description="capture CUDA graphs on CUDA")
+    compile: bool = Field(
+        False,
+        description="torch.compile each level's step, one program per level and batch bucket, all at "
+        "warm-up (minutes); CUDA graphs are captured of the compiled programs",
+    )
     drain_timeout_s: float = Field(30.0, ge=0, le=3600, description="SIGTERM: time given to in-flight requests")
+    api_processes: int | Literal["auto"] = Field(
+        "auto",
+        description="HTTP front-end processes; 0: one process serves HTTP and runs the engine; N >= 1: the engine "
+        "in its own process and N API processes on the one port; auto: 0 on a CPU, on CUDA half the cores less one "
+        "(1..8)",
+    )
+    shm_slots: int = Field(
+        0, ge=0, le=65536, description="shared-memory image slots per API process (0: twice its share of the queue)"
+    )
     host: str = Field("127.0.0.1", description="bind address")
     port: int = Field(8000, ge=0, le=65535, description="bind port")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log level")
@@ -112,13 +175,37 @@ class Settings(BaseSettings):
     @classmethod
     def _levels(cls, v: str) -> str:
         v = v.strip()
-        if v == "all":
+        if v in ("all", "auto"):
             return v
         names = [n.strip() for n in v.split(",")]
         if not names or any(not n for n in names):
-            raise ValueError("must be 'all' or a comma list of level names such as 'dense,l070,l050'")
+            raise ValueError("must be 'auto', 'all' or a comma list of level names such as 'dense,l070,l050'")
         if len(set(names)) != len(names):
             raise ValueError("lists a level twice")
+        return ",".join(names)
+
+    @field_validator("api_processes", mode="before")
+    @classmethod
+    def _api_processes(cls, v):
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return "auto"
+        try:
+            n = int(v)
+        except (TypeError, ValueError):
+            raise ValueError("must be 'auto' or a whole number from 0 to 64") from None
+        if not 0 <= n <= 64:
+            raise ValueError("must be 'auto' or a whole number from 0 to 64")
+        return n
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v in ("auto", "*"):
+            return v
+        names = [n.strip() for n in v.split(",")]
+        if not names or any(not _HOST_NAME.fullmatch(n) for n in names):
+            raise ValueError("must be 'auto', '*' or a comma list of host names such as 'sait.example.com,localhost'")
         return ",".join(names)
 
     @field_validator("log_level", mode="before")
@@ -132,6 +219,10 @@ class Settings(BaseSettings):
             raise ValueError("model: must not be empty")
         if self.served_model_name is not None and not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.served_model_name):
             raise ValueError("served_model_name: use letters, digits, '_', '-' and '.' only")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file: set both (HTTPS) or neither (HTTP)")
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ValueError("metrics_port: must differ from port (0 serves /metrics on the main port)")
         return self
 
     # -- derived ---------------------------------------------------------------------------
@@ -142,8 +233,18 @@ class Settings(BaseSettings):
 
     @property
     def level_names(self) -> tuple[str, ...] | None:
-        """None for 'all', else the requested names in order."""
-        return None if self.levels == "all" else tuple(self.levels.split(","))
+        """None for 'all' and 'auto' (service.engine.cards.requested_levels resolves 'auto'), else
+        the requested names in order."""
+        return None if self.levels in ("all", "auto") else tuple(self.levels.split(","))
+
+    @property
+    def host_names(self) -> frozenset[str] | None:
+        """Host header names accepted (lower case, without port), or None for any."""
+        if self.allowed_hosts == "*":
+            return None
+        if self.allowed_hosts == "auto":
+            return LOOPBACK_NAMES if self.host in LOOPBACK_NAMES else None
+        return frozenset(self.allowed_hosts.split(","))
 
     @property
     def fixed_density(self) -> str | float | None:

@@ -19,6 +19,8 @@ from PIL import Image
 TINY = "vit_tiny_test"
 # The body limit of the HTTP tests' server (tests/service/frontend/conftest.py).
 MAX_BODY = 2_000_000
+# /v1/classify takes image, octet-stream or multipart bodies only.
+JPEG = {"Content-Type": "image/jpeg"}
 
 
 def free_port() -> int:
@@ -35,29 +37,42 @@ class Running:
     server: uvicorn.Server
 
     @property
+    def port(self) -> int:
+        return int(self.hostport.rsplit(":", 1)[1])
+
+    @property
     def engine(self):
         return self.app.state.engine
 
 
 @contextmanager
 def running_server(ready_timeout_s: float = 120.0, **overrides):
-    """create_app(Settings(...)) served by uvicorn in a thread; yields once /v2/health/ready is 200."""
-    from service.frontend.app import create_app
-    from service.frontend.fast_path import FastInference
+    """The app of Settings(...) served in a thread as `python -m service` serves it (the fast
+    path, the connection limits, the Guard when configured: service.frontend.server); yields
+    once /v2/health/ready is 200."""
+    from service.frontend.server import build_server
     from service.settings import Settings
 
     port = free_port()
-    values = dict(model=TINY, device="cpu", host="127.0.0.1", port=port, max_batch_size=8, max_queue_delay_ms=20)
+    values = dict(
+        model=TINY,
+        device="cpu",
+        host="127.0.0.1",
+        port=port,
+        max_batch_size=8,
+        max_queue_delay_ms=20,
+        log_level="warning",
+    )
     values.update(overrides)
-    app = create_app(Settings(**values))
-    # As `python -m service` serves it: the inference routes through service.frontend.fast_path.
-    server = uvicorn.Server(uvicorn.Config(FastInference(app), host="127.0.0.1", port=port, log_level="warning"))
+    server = build_server(Settings(**values))
+    app = server.app
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{port}"
+    scheme = "https" if values.get("tls_cert_file") else "http"
+    url = f"{scheme}://127.0.0.1:{port}"
     deadline = time.monotonic() + ready_timeout_s
     try:
-        with httpx.Client(base_url=url, timeout=2.0) as client:
+        with httpx.Client(base_url=url, timeout=2.0, verify=False) as client:
             while True:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"server on port {port} not ready after {ready_timeout_s} s")

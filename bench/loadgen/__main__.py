@@ -4,6 +4,7 @@ Examples:
     python -m bench.loadgen --rate 20 --duration-s 60 --budget-ms 200
     python -m bench.loadgen --profile 5:60@120 --api v2 --payload uint8 --out out/ramp
     python -m bench.loadgen --profile 10@30,20@30,40@30 --scenario bench/loadgen/scenarios/mixed.toml
+    python -m bench.loadgen --procs 4 --rate 4000 --duration-s 20 --api v2 --payload uint8 --synthetic
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from bench.loadgen.arrivals import PROCESSES, ProfileError, RateProfile
 from bench.loadgen.client import APIS, Target
 from bench.loadgen.driver import TargetError, check_target
 from bench.loadgen.payloads import DEFAULT_IMAGE_DIR, PAYLOAD_KINDS, PayloadError, load_folder, synthetic
+from bench.loadgen.procs import GeneratorError
 from bench.loadgen.report import format_summary, plot_sweep, segment_summaries, write_json, write_run
 from bench.loadgen.scenario import DEFAULT_BUDGET_MS, Dials, Scenario, ScenarioError, load_scenario
 from bench.loadgen.session import LoadRun, execute
@@ -56,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load.add_argument("--timeout-s", type=float, default=30.0, help="per-request client timeout")
     load.add_argument("--seed", type=int, default=0)
+    load.add_argument(
+        "--procs",
+        type=int,
+        default=1,
+        help="generator processes sending the one schedule (request i from process i mod N; "
+        "each may have --max-inflight/N outstanding); one merged summary",
+    )
     dials = p.add_argument_group("dials (when no --scenario)")
     dials.add_argument("--scenario", type=Path, help="TOML/JSON scenario file with a weighted mix of dials")
     dials.add_argument("--budget-ms", type=float, help="latency_budget_ms sent with every request")
@@ -111,6 +120,8 @@ def resolve(args: argparse.Namespace) -> LoadRun:
         raise ValueError("say how much load: --rate R (with --duration-s) or --profile SPEC")
     if args.max_inflight < 1 or args.max_requests < 1 or args.timeout_s <= 0:
         raise ValueError("--max-inflight and --max-requests must be >= 1, --timeout-s > 0")
+    if not 1 <= args.procs <= 64:
+        raise ValueError(f"--procs must be 1..64, got {args.procs}")
     if args.synthetic or (args.images is None and not DEFAULT_IMAGE_DIR.is_dir()):
         payloads = synthetic(count=8, kind=args.payload, seed=args.seed)
     else:
@@ -127,6 +138,7 @@ def resolve(args: argparse.Namespace) -> LoadRun:
         timeout_s=args.timeout_s,
         seed=args.seed,
         progress=not args.quiet,
+        procs=args.procs,
     )
 
 
@@ -139,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         results, summary = execute(run)
-    except (OSError, ValueError, httpx.HTTPError) as exc:  # e.g. server down, no v2 metadata
-        # TargetError is a ValueError: its message already says what went wrong.
-        print(f"loadgen: {exc if isinstance(exc, TargetError) else f'{type(exc).__name__}: {exc}'}", file=sys.stderr)
+    except (OSError, ValueError, httpx.HTTPError, GeneratorError) as exc:  # e.g. server down, no v2 metadata
+        # TargetError and GeneratorError messages already say what went wrong.
+        own = isinstance(exc, (TargetError, GeneratorError))
+        print(f"loadgen: {exc if own else f'{type(exc).__name__}: {exc}'}", file=sys.stderr)
         return 1
     window_s = args.window_s or max(1.0, run.profile.duration_s / 60)
     summary["config"] = {
@@ -152,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "process": run.process,
         "scenario": run.scenario.name,
         "seed": run.seed,
+        "procs": run.procs,
     }
     paths = write_run(
         args.out,

@@ -69,6 +69,54 @@ def parse_variant(spec: str) -> Variant:
     return Variant(name=name, settings=settings, root=checkout)
 
 
+# -- shared by the tools that run a checkout of another commit beside this one ----------------------
+def add_variant_options(p: argparse.ArgumentParser, *, default_block: str) -> None:
+    """--variant (repeatable; none: one server from this checkout), --docs and --block."""
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME[@CHECKOUT]:K=V;...",
+        help="a server variant (repeat; default: one server from this checkout)",
+    )
+    p.add_argument("--docs", type=Path, default=None, help="markdown file to write the table into")
+    p.add_argument(
+        "--block",
+        default=default_block,
+        help="name of the marked block in --docs that the table replaces (<!-- NAME:begin --> ... end)",
+    )
+
+
+def variant_records(variants: list[Variant]) -> list[dict]:
+    """What a results file says of each variant: name, checkout and its commit, settings."""
+    from bench.environment import git_commit
+
+    return [
+        {
+            "name": v.name,
+            "root": str(v.root) if v.root else None,
+            "settings": v.settings,
+            "commit": git_commit(v.root) if v.root else None,
+        }
+        for v in variants
+    ]
+
+
+def variant_notes(records: list[dict]) -> list[str]:
+    """One markdown line per variant record: where its code came from, its settings."""
+    lines = []
+    for v in records:
+        where = f"checkout {v['root']} (commit {v.get('commit') or 'unknown'})" if v["root"] else "this checkout"
+        lines.append(f"- `{v['name']}`: {where}, settings {v['settings'] or '{}'}")
+    return lines
+
+
+def write_block(path: Path, block: str, table: str) -> None:
+    """Put `table` between `<!-- block:begin -->` and `<!-- block:end -->` in `path`."""
+    begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
+    replace_block(path, f"{begin}\n{table}{end}", begin=begin, end=end)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench.loadgen.compare",

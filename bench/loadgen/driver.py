@@ -85,6 +85,8 @@ async def run_open_loop(
     max_inflight: int = 512,
     timeout_s: float = 30.0,
     on_done: Callable[[Result], None] | None = None,
+    indices: Sequence[int] | None = None,
+    start_s: float | None = None,
 ) -> list[Result]:
     """Fire request i at arrivals_s[i]; return one Result per arrival, in schedule order.
 
@@ -98,14 +100,21 @@ async def run_open_loop(
         max_inflight: most outstanding requests; more are recorded as "unsent".
         timeout_s: per-request client timeout (also bounds the run's tail).
         on_done: called once per finished (or unsent) request, e.g. to move a progress bar.
+        indices: each arrival's number in the whole schedule (default 0, 1, ...): a generator
+            process that sends part of a schedule keeps the numbers (and payloads) of the whole.
+        start_s: the run's time origin on time.perf_counter() (default: a little from now);
+            generator processes of one run share one origin.
     """
     if len(dials) != len(arrivals_s):
         raise ValueError("need one Dials per arrival")
+    if indices is not None and len(indices) != len(arrivals_s):
+        raise ValueError("need one index per arrival")
     if not payloads:
         raise ValueError("need at least one payload")
+    numbers = range(len(arrivals_s)) if indices is None else indices
     results = [
-        Result(index=i, cls=d.name, scheduled_s=float(t), budget_ms=scenario.budget_ms(d))
-        for i, (t, d) in enumerate(zip(arrivals_s, dials))
+        Result(index=int(i), cls=d.name, scheduled_s=float(t), budget_ms=scenario.budget_ms(d))
+        for i, t, d in zip(numbers, arrivals_s, dials)
     ]
     inflight: dict[asyncio.Task, Result] = {}
 
@@ -114,7 +123,8 @@ async def run_open_loop(
         if on_done is not None and not task.cancelled():
             on_done(task.result())
 
-    start_s = time.perf_counter() + 0.05  # a little lead so the first request is on time
+    if start_s is None:
+        start_s = time.perf_counter() + 0.05  # a little lead so the first request is on time
     for result, d in zip(results, dials):
         delay = start_s + result.scheduled_s - time.perf_counter()
         if delay > 0:

@@ -210,6 +210,33 @@ async def _read_header_lines(reader: asyncio.StreamReader) -> list[bytes]:
             raise ValueError(f"more than {_MAX_HEADER_LINES} header lines")
 
 
+def read_response(sock, limit_s: float = 10.0) -> tuple[int, Headers, bytes]:
+    """One Content-Length response from a blocking socket (probes and tests that write raw
+    requests): (status, headers, body); status 0 with an empty Headers when the connection
+    closes, resets or stays silent for `limit_s` before a whole head arrives. Reads no byte
+    past the response, so pipelined answers are read one call each."""
+    sock.settimeout(limit_s)
+    head = b""
+    try:
+        while not head.endswith(b"\r\n\r\n"):  # byte by byte: a head is a few hundred bytes
+            byte = sock.recv(1)
+            if not byte:
+                return 0, Headers(), b""
+            head += byte
+        status_line, *lines = head[:-4].split(b"\r\n")
+        status, headers = _parse_head(status_line, lines)
+        left, body = int(headers.get("content-length", 0)), b""
+        while left > 0:
+            chunk = sock.recv(min(left, 65536))
+            if not chunk:
+                break
+            body += chunk
+            left -= len(chunk)
+    except (ConnectionResetError, TimeoutError):
+        return 0, Headers(), b""
+    return status, headers, body
+
+
 def _parse_head(status_line: bytes, header_lines: list[bytes]) -> tuple[int, Headers]:
     parts = status_line.split(None, 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):

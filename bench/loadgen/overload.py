@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-ms", type=float, default=1000.0, help="latency budget of every request")
     p.add_argument("--capacity-rps", type=float, help="skip the capacity measurement, use this")
     p.add_argument("--capacity-s", type=float, default=12.0, help="length of each closed-loop capacity run")
+    p.add_argument(
+        "--procs", type=int, default=1, help="generator processes per load point (for rates one process cannot send)"
+    )
     # Enough clients that a full batch waits while one runs: with fewer, the closed loop makes
     # the batches (each client resends only when answered, and a batch starts after the max
     # queue delay with whatever has come), and understates what an open-loop overload gets.
@@ -154,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.payload == "uint8" and args.api != "v2":
         print("overload: --payload uint8 needs --api v2 (the native API takes encoded images)", file=sys.stderr)
         return 2
+    if not 1 <= args.procs <= 64:
+        print(f"overload: --procs must be 1..64, got {args.procs}", file=sys.stderr)
+        return 2
     settings = {"MODEL": args.model, **extra}
     folder = args.images or DEFAULT_IMAGE_DIR
     payloads = (
@@ -174,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             budget_ms=args.budget_ms,
             payloads=payloads,
             seed=i,
+            procs=args.procs,
         )
         name = f"{policy.replace(':', '_')}-{load_x:g}x"
         write_run(args.out / name, results, summary, window_s=1.0, title=f"{policy} at {load_x:g}x")

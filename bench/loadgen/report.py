@@ -110,6 +110,27 @@ def summarize(results: Sequence[Result], *, duration_s: float, offered_rps: floa
     }
 
 
+def generator_stats(results: Sequence[Result], *, cpu_s: float, wall_s: float) -> dict:
+    """How well one generator process kept its schedule: a starved generator sends late (its
+    send lag grows) or hits its in-flight cap (unsent), and its latencies then include the lag.
+
+    Args:
+        results: the requests this generator was given.
+        cpu_s: its process CPU time while it ran the schedule.
+        wall_s: the wall time of the same stretch.
+    """
+    lags = np.asarray([r.send_lag_ms for r in results if r.outcome != "unsent"], dtype=np.float64)
+    return {
+        "requests": len(results),
+        "sent": int(len(lags)),
+        "unsent": sum(r.outcome == "unsent" for r in results),
+        "send_lag_p50_ms": _pct(lags, 50),
+        "send_lag_p99_ms": _pct(lags, 99),
+        "send_lag_max_ms": float(lags.max()) if len(lags) else math.nan,
+        "cpu_cores": cpu_s / wall_s if wall_s > 0 else math.nan,
+    }
+
+
 def segment_summaries(results: Sequence[Result], bounds_s: Sequence[tuple[float, float]]) -> list[dict]:
     """One summary per stretch of the schedule (e.g. per step of a step profile)."""
     rows = []
@@ -292,6 +313,12 @@ def format_summary(summary: dict) -> str:
     pct = lambda x: "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
     ms = lambda x: "n/a" if math.isnan(x) else f"{x:.0f}"
     levels = ", ".join(f"{k} {100 * v:.0f}%" for k, v in summary["level_fractions"].items()) or "none"
+    gens = summary.get("generators") or []
+    per_gen = [
+        f"generator {i}: sent {g['sent']}/{g['requests']}  send lag ms p50 {ms(g['send_lag_p50_ms'])}  "
+        f"p99 {ms(g['send_lag_p99_ms'])}  max {ms(g['send_lag_max_ms'])}  CPU {g['cpu_cores']:.2f} cores"
+        for i, g in enumerate(gens)
+    ]
     return "\n".join(
         [
             f"requests {summary['requests']}  offered {summary['offered_rps']:.1f}/s  "
@@ -305,5 +332,6 @@ def format_summary(summary: dict) -> str:
             f"{ms(summary['send_lag_p99_ms'])})",
             f"levels served: {levels}  mean batch {_mean_batch_text(summary)}"
             + (f"  (generator CPU {summary['client_cpu_cores']:.2f} cores)" if "client_cpu_cores" in summary else ""),
+            *(per_gen if len(per_gen) > 1 else []),
         ]
     )

@@ -62,6 +62,66 @@ def thread_cpu_s(pid: int) -> dict[int, tuple[float, float]]:
     return out
 
 
+# Where a server's CPU goes, by thread (bench.request_cost): the HTTP event loops, the rest of
+# the front end (decode pool, ...), the engine's event loop and its other threads, the model
+# (the inference worker and torch's intra-op threads it starts, named "sait-worker") and, in a
+# multi-process server, the supervisor.
+ROLES = ("api_loop", "api_other", "engine_loop", "engine_other", "model", "supervisor")
+WORKER_THREAD = "sait-worker"
+
+
+def _comm(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def server_threads(root_pid: int) -> dict[tuple[int, int], tuple[str, float, float]]:
+    """Every thread of a server and its child processes: (pid, tid) -> (role, CPU s, of which kernel s).
+
+    One process serving (no children named sait-*): its main thread is the HTTP event loop and
+    also runs the controller. A multi-process server: API processes "sait-api-N", the engine
+    "sait-engine", the root is the supervisor.
+    """
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        if int(text[text.rindex(")") + 2 :].split()[1]) == root_pid and comm.startswith("sait-"):
+            children[int(stat.parent.name)] = comm
+    out = {}
+    for pid, kind in [(root_pid, "supervisor" if children else "single"), *children.items()]:
+        for tid, (user, system) in thread_cpu_s(pid).items() if Path(f"/proc/{pid}").exists() else ():
+            name = _comm(Path(f"/proc/{pid}/task/{tid}/comm"))
+            if kind == "supervisor":
+                role = "supervisor"
+            elif name == WORKER_THREAD:
+                role = "model"
+            elif kind == "sait-engine":
+                role = "engine_loop" if tid == pid else "engine_other"
+            else:  # an API process, or the single process
+                role = "api_loop" if tid == pid else "api_other"
+            out[(pid, tid)] = (role, user + system, system)
+    return out
+
+
+def cpu_by_role(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds per role between two `server_threads` readings, and `api_loop_sys` (the
+    event loops' kernel time). A thread born in between counts from zero; one that ended in
+    between is lost, so those figures are floors."""
+    spent = dict.fromkeys((*ROLES, "api_loop_sys"), 0.0)
+    for key, (role, cpu_s, sys_s) in after.items():
+        _, cpu0, sys0 = before.get(key, (role, 0.0, 0.0))
+        spent[role] += cpu_s - cpu0
+        if role == "api_loop":
+            spent["api_loop_sys"] += sys_s - sys0
+    return spent
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process, from /proc/<pid>/status (VmRSS is in kB)."""
     kb = _status_field(pid, "VmRSS")
@@ -151,6 +211,20 @@ class ServerProcess:
                     pass
                 time.sleep(poll_s)
         return False
+
+    def processes(self) -> dict[str, int]:
+        """The server's processes by name (Linux): "sait-engine", "sait-api-0", ... and "main"."""
+        found = {"main": self.pid}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = stat.read_text()
+            except OSError:
+                continue
+            comm = text[text.index("(") + 1 : text.rindex(")")]
+            ppid = int(text[text.rindex(")") + 2 :].split()[1])
+            if ppid == self.pid and comm.startswith("sait-"):
+                found[comm] = int(stat.parent.name)
+        return found
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP to its process group): it takes no CPU until resume()."""

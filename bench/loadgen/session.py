@@ -7,13 +7,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from tqdm import tqdm
 
 from bench.loadgen.arrivals import Process, RateProfile, arrival_times
 from bench.loadgen.client import Result, Target
 from bench.loadgen.driver import check_live, make_client, prepare_target, run_closed_loop, run_open_loop
 from bench.loadgen.payloads import Payload
-from bench.loadgen.report import summarize
+from bench.loadgen.report import generator_stats, summarize
 from bench.loadgen.scenario import Dials, Scenario
 
 
@@ -33,6 +34,8 @@ class LoadRun:
         timeout_s: per-request client timeout.
         seed: seeds arrivals and the class mix.
         progress: show a tqdm bar.
+        procs: generator processes that send the schedule together (bench/loadgen/procs.py);
+            1 sends it from this process.
     """
 
     base_url: str
@@ -46,18 +49,52 @@ class LoadRun:
     timeout_s: float = 30.0
     seed: int = 0
     progress: bool = True
+    procs: int = 1
+
+
+def schedule(run: LoadRun) -> tuple[np.ndarray, list[Dials]]:
+    """The whole run's (arrival times, dials): drawn once from the seed, however many
+    processes send it."""
+    arrivals = arrival_times(run.profile, process=run.process, max_requests=run.max_requests, seed=run.seed)
+    return arrivals, run.scenario.assign(len(arrivals), seed=run.seed)
+
+
+def run_summary(
+    run: LoadRun, parts: Sequence[Sequence[Result]], cpu_wall_s: Sequence[tuple[float, float]]
+) -> tuple[list[Result], dict]:
+    """(results of all generators in schedule order, the run's summary).
+
+    The summary is the one a single process writes for the same results (summarize is over
+    the merged list), plus each generator's send-lag statistics, and the generator CPU summed.
+
+    Args:
+        parts: each generator's results.
+        cpu_wall_s: each generator's (process CPU seconds, wall seconds) while it sent.
+    """
+    if len(parts) != len(cpu_wall_s):
+        raise ValueError("need one (cpu_s, wall_s) per generator")
+    results = sorted((r for part in parts for r in part), key=lambda r: (r.scheduled_s, r.index))
+    summary = summarize(results, duration_s=run.profile.duration_s)
+    gens = [generator_stats(part, cpu_s=c, wall_s=w) for part, (c, w) in zip(parts, cpu_wall_s)]
+    # What the generators took of the machine: on a machine they share with the server, every
+    # core they use is one the server does not have.
+    summary["client_cpu_cores"] = sum(g["cpu_cores"] for g in gens)
+    summary["nominal_rps"] = run.profile.expected_count / run.profile.duration_s
+    summary["generators"] = gens
+    return results, summary
+
+
+def progress_bar(run: LoadRun, total: int) -> tqdm:
+    """The run's bar over its scheduled requests (disabled unless run.progress)."""
+    gens = f", {run.procs} generators" if run.procs > 1 else ""
+    desc = f"{run.target.api} {run.profile.peak_rps:.0f}/s{gens}"
+    return tqdm(total=total, unit="req", disable=not run.progress, mininterval=0.5, desc=desc)
 
 
 async def execute_async(run: LoadRun) -> tuple[list[Result], dict]:
-    arrivals = arrival_times(run.profile, process=run.process, max_requests=run.max_requests, seed=run.seed)
-    dials = run.scenario.assign(len(arrivals), seed=run.seed)
-    bar = tqdm(
-        total=len(arrivals),
-        unit="req",
-        disable=not run.progress,
-        mininterval=0.5,
-        desc=f"{run.target.api} {run.profile.peak_rps:.0f}/s",
-    )
+    """Send the whole schedule from this process (run.procs is not looked at)."""
+    arrivals, dials = schedule(run)
+    bar = progress_bar(run, len(arrivals))
     async with make_client(run.base_url, max_inflight=run.max_inflight, timeout_s=run.timeout_s) as client:
         await check_live(client)
         target = await prepare_target(client, run.target)
@@ -77,12 +114,7 @@ async def execute_async(run: LoadRun) -> tuple[list[Result], dict]:
         finally:
             bar.close()
         cpu_s, wall_s = time.process_time() - cpu_s, time.perf_counter() - wall_s
-    summary = summarize(results, duration_s=run.profile.duration_s)
-    # What the generator itself took of the machine: on a machine it shares with the server,
-    # every core it uses is one the server does not have.
-    summary["client_cpu_cores"] = cpu_s / wall_s if wall_s > 0 else float("nan")
-    summary["nominal_rps"] = run.profile.expected_count / run.profile.duration_s
-    return results, summary
+    return run_summary(run, [results], [(cpu_s, wall_s)])
 
 
 def run_async(coro):
@@ -98,6 +130,10 @@ def run_async(coro):
 
 def execute(run: LoadRun) -> tuple[list[Result], dict]:
     """Run the schedule against the server; (per-request results, summary)."""
+    if run.procs > 1:
+        from bench.loadgen.procs import execute_procs  # it imports this module
+
+        return execute_procs(run)
     return run_async(execute_async(run))
 
 
@@ -110,9 +146,11 @@ def budget_point(
     budget_ms: float,
     payloads: Sequence[Payload],
     seed: int,
+    procs: int = 1,
 ) -> tuple[list[Result], dict]:
     """One point of an overload sweep: Poisson arrivals at a constant rate, every request with
-    the same budget and no density; the client waits 10 budgets (at least 30 s) per request."""
+    the same budget and no density; the client waits 10 budgets (at least 30 s) per request;
+    `procs` generator processes send it."""
     run = LoadRun(
         base_url=base_url,
         target=target,
@@ -122,6 +160,7 @@ def budget_point(
         seed=seed,
         progress=False,
         timeout_s=max(30.0, 10 * budget_ms / 1e3),
+        procs=procs,
     )
     return execute(run)
 

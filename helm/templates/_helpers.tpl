@@ -52,3 +52,18 @@ A value as the service's environment expects it. Helm reads YAML numbers as floa
 {{- toString . }}
 {{- end }}
 {{- end }}
+
+{{/* The port Prometheus scrapes: the metrics port when there is one, else the service port. */}}
+{{- define "sait-serve.metricsPort" -}}
+{{- .Values.metrics.port | default .Values.containerPort }}
+{{- end }}
+
+{{/*
+Keys and TLS guard the service port; Prometheus scrapes plain HTTP without a key, so both need
+the metrics port.
+*/}}
+{{- define "sait-serve.checkSecurity" -}}
+{{- if and (or .Values.auth.enabled .Values.tls.enabled) (not .Values.metrics.port) }}
+{{- fail "auth.enabled and tls.enabled need metrics.port (e.g. 9090): Prometheus scrapes /metrics over plain HTTP without a key" }}
+{{- end }}
+{{- end }}

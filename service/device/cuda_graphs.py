@@ -87,8 +87,9 @@ class GraphBank:
             kernels and allocate workspaces outside the graph).
     """
 
-    def __init__(self, step: InferenceStep, *, input_size: tuple[int, int, int], warmup_iters: int = 2):
+    def __init__(self, step: InferenceStep, *, input_size: tuple[int, int, int], warmup_iters: int = 2, call=None):
         self.step = step
+        self.call = call or step  # what is captured: the step, or its compiled program (SAIT_COMPILE)
         self.input_size = tuple(input_size)
         self.warmup_iters = warmup_iters
         self.graphs: dict[GraphKey, _Captured] = {}
@@ -99,7 +100,6 @@ class GraphBank:
     def capture_all(self, keys: tuple[GraphKey, ...]) -> None:
         device = self.step.device
         torch.cuda.synchronize(device)
-        reserved_before = torch.cuda.memory_reserved(device)
         start = time.perf_counter()
         self.pool = torch.cuda.graph_pool_handle()
         # One static input per bucket, shared by the levels: the levels of a bucket differ
@@ -117,18 +117,23 @@ class GraphBank:
                 self.graphs[key] = self._capture(key, static_input, staging)
         torch.cuda.synchronize(device)
         self.capture_seconds = time.perf_counter() - start
-        self.memory_bytes = max(0, torch.cuda.memory_reserved(device) - reserved_before)
+        # The graphs' memory is their private pool's segments plus the static inputs. Not the
+        # growth of reserved memory: every capture starts with empty_cache() (torch.cuda.graph),
+        # which also frees what an earlier runner in this process left cached, so reserved
+        # memory can shrink while graphs are captured (it read 0 for the second runner).
+        pool_bytes = pool_segment_bytes(torch.cuda.memory_snapshot(), self.pool, device_index(device))
+        self.memory_bytes = pool_bytes + sum(t.numel() * t.element_size() for t, _ in inputs.values())
 
     def _capture(self, key: GraphKey, static_input: torch.Tensor, staging: torch.Tensor) -> _Captured:
         side = torch.cuda.Stream(device=static_input.device)
         side.wait_stream(torch.cuda.current_stream(static_input.device))
         with torch.cuda.stream(side):
             for _ in range(self.warmup_iters):
-                self.step(static_input, key.level)
+                self.call(static_input, key.level)
         torch.cuda.current_stream(static_input.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            outputs = self.step(static_input, key.level)
+            outputs = self.call(static_input, key.level)
         return _Captured(graph=graph, static_input=static_input, staging=staging, outputs=outputs)
 
     def replay(self, key: GraphKey, x_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -151,23 +156,49 @@ class GraphBank:
         return probs[:n], values[:n], indices[:n]
 
 
+def device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def pool_segment_bytes(segments: list[dict], pool, device: int) -> int:
+    """Bytes of the allocator segments (`torch.cuda.memory_snapshot()`) owned by one graph pool.
+
+    Args:
+        segments: the snapshot's segment dicts (keys `segment_pool_id`, `total_size`, `device`).
+        pool: the pool handle of `torch.cuda.graph_pool_handle()` (a pair of ints).
+        device: CUDA device index whose segments count.
+    """
+    pool_id = tuple(pool)
+    return sum(
+        int(seg["total_size"])
+        for seg in segments
+        if tuple(seg.get("segment_pool_id", ())) == pool_id and seg.get("device", device) == device
+    )
+
+
 class CudaGraphRunner(Runner):
     """The Runner with every (level, bucket) captured at warm-up; eager above the largest bucket.
 
     Args: as `Runner`, plus
         max_graph_batch: largest bucket captured (default 128).
+        graph_buckets: capture exactly these buckets instead (a tool that forms only full
+            batches needs one); None = `batch_buckets(max_batch_size, cap=max_graph_batch)`.
     """
 
     uses_cuda_graphs = True
 
-    def __init__(self, model, *, max_graph_batch: int = MAX_GRAPH_BATCH, **kwargs):
+    def __init__(
+        self, model, *, max_graph_batch: int = MAX_GRAPH_BATCH, graph_buckets: tuple[int, ...] | None = None, **kwargs
+    ):
         super().__init__(model, **kwargs)
         if self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, got {self.device}")
-        self.plan = GraphPlan(levels=self.levels, buckets=batch_buckets(self.max_batch_size, cap=max_graph_batch))
-        self.bank = GraphBank(self.step, input_size=self.input_size)
+        buckets = graph_buckets or batch_buckets(self.max_batch_size, cap=max_graph_batch)
+        self.plan = GraphPlan(levels=self.levels, buckets=buckets)
+        self.bank = GraphBank(self.step, input_size=self.input_size, call=self.step_fn)
 
     def _warmup(self) -> None:
+        self._compile_all()  # compiled programs first (one per bucket up to max_batch_size), then graphs of them
         keys = self.plan.capture_order()
         log.info(
             "capturing %d CUDA graphs (levels=%s buckets=%s)", len(keys), ",".join(self.plan.levels), self.plan.buckets

@@ -23,6 +23,7 @@ def create_runner(
     top_k: int = 5,
     fp32_head: bool = True,
     levels: tuple[str, ...] | None = None,
+    compile: bool = False,
 ) -> Runner:
     """The runner the settings ask for: CUDA graphs on CUDA when enabled, else eager.
 
@@ -35,6 +36,7 @@ def create_runner(
         top_k: classes returned per image.
         fp32_head: under bf16/fp16, keep the classifier head in fp32 (ablation switch).
         levels: the served levels (SAIT_LEVELS; None = all): only these are captured.
+        compile: torch.compile the step, one program per (level, bucket) (SAIT_COMPILE).
     """
     dev = resolve_device(device)
     kwargs = dict(
@@ -44,6 +46,7 @@ def create_runner(
         top_k=top_k,
         fp32_head=fp32_head,
         levels=levels,
+        compile=compile,
     )
     if cuda_graphs and dev.type == "cuda":
         return CudaGraphRunner(model, **kwargs)

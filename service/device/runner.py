@@ -23,6 +23,8 @@ from torch import nn
 from models.device import resolve_device
 from models.levels import DENSE
 from models.preprocess import DataConfig
+from service.device.buckets import batch_buckets, pad_to_bucket
+from service.device.compiled import CompileLog, compile_step
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,10 @@ class Runner:
         fp32_head: under bf16/fp16, run the classifier head in fp32 (default; cheap, more faithful).
         levels: the levels served (SAIT_LEVELS); None = all of the model's. Only these are
             warmed up and captured.
+        compile: run a `torch.compile`d step (SAIT_COMPILE): one program per (level, batch
+            bucket), all compiled at warm-up; a batch is padded to its bucket (service.device.compiled).
+        compile_buckets: the buckets compiled (a tool measuring a few batch sizes needs only
+            those); None = `batch_buckets(max_batch_size)`.
     """
 
     uses_cuda_graphs = False
@@ -151,6 +157,8 @@ class Runner:
         top_k: int = 5,
         fp32_head: bool = True,
         levels: tuple[str, ...] | None = None,
+        compile: bool = False,
+        compile_buckets: tuple[int, ...] | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -175,6 +183,15 @@ class Runner:
             top_k=top_k,
             fp32_head=fp32_head,
         )
+        self.compile = compile
+        self.compile_buckets: tuple[int, ...] = (
+            tuple(sorted(compile_buckets or batch_buckets(max_batch_size))) if compile else ()
+        )
+        self.step_fn = (
+            compile_step(self.step, programs=len(self.levels) * len(self.compile_buckets)) if compile else self.step
+        )
+        self.compile_seconds = 0.0
+        self._compiled = False
         # Exported as sait_cuda_graph_capture_seconds / sait_cuda_graph_memory_bytes; zero
         # for runners that capture nothing. warmup_seconds is the whole warm-up.
         self.capture_seconds = 0.0
@@ -191,13 +208,15 @@ class Runner:
         self.warmup_seconds = time.perf_counter() - start
         self.ready = True
         log.info(
-            "runner warm: device=%s precision=%s graphs=%s levels=%d warmup_s=%.2f capture_s=%.2f "
-            "graph_memory_mib=%.1f",
+            "runner warm: device=%s precision=%s graphs=%s compiled=%s levels=%d warmup_s=%.2f compile_s=%.2f "
+            "capture_s=%.2f graph_memory_mib=%.1f",
             self.device,
             self.precision,
             self.uses_cuda_graphs,
+            self.compile,
             len(self.levels),
             self.warmup_seconds,
+            self.compile_seconds,
             self.capture_seconds,
             self.graph_memory_bytes / 2**20,
         )
@@ -215,13 +234,38 @@ class Runner:
         raise NotImplementedError
 
     def _warmup(self) -> None:
+        self._compile_all()
         x = torch.zeros((1, *self.input_size), dtype=torch.uint8)
         for level in self.levels:
             self.run(level, x)
 
+    def _compile_all(self) -> None:
+        """Compile every (level, bucket) program now, so that no request waits for a compile."""
+        if not self.compile or self._compiled:
+            return
+        progress = CompileLog(len(self.levels) * len(self.compile_buckets))
+        log.info(
+            "compiling %d programs (levels=%s buckets=%s)", progress.total, ",".join(self.levels), self.compile_buckets
+        )
+        for batch in sorted(self.compile_buckets, reverse=True):
+            x = torch.zeros((batch, *self.input_size), dtype=torch.uint8)
+            for level in self.levels:
+                progress.run(lambda level=level, x=x: self.run(level, x), level, batch)
+        self.compile_seconds = progress.seconds
+        self._compiled = True
+
     def _eager(self, level: str, x_uint8: torch.Tensor):
         x = x_uint8.to(self.device, non_blocking=True)
-        return self.step(x, level)
+        if not self.compile:
+            return self.step(x, level)
+        # Pad to the bucket so the compiled program for that shape serves (rows past n are
+        # computed and dropped: a sample's result does not depend on its batch mates).
+        n = x.shape[0]
+        bucket = pad_to_bucket(n, self.compile_buckets) or n
+        if bucket > n:
+            x = torch.cat([x, x[:1].expand(bucket - n, *x.shape[1:])])
+        probs, values, indices = self.step_fn(x, level)
+        return probs[:n], values[:n], indices[:n]
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

@@ -15,8 +15,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.card import CardEntry, LevelCard, card_beside
+import torch
+
+from models.card import CardEntry, LevelCard, card_beside, choose_levels, decisive_batch, speed_for
 from models.fingerprint import Fingerprint, weights_fingerprint
+from models.speed import device_kind
 from models.weights import WeightsError
 from service.settings import Settings
 
@@ -155,3 +158,29 @@ def level_facts(level, card: LevelCard | None) -> LevelFacts:
         top1=None if entry is None else entry.top1,
         agreement=None if entry is None else entry.agreement,
     )
+
+
+def requested_levels(settings: Settings, model, card: LevelCard | None, device: torch.device) -> tuple[str, ...] | None:
+    """The level names SAIT_LEVELS asks for (None: every level of the model).
+
+    'auto' asks the card: the levels `models.card.choose_levels` offers on this device kind
+    (accuracy and measured speed, at the largest measured batch the server forms), or every
+    level when the card has no speed table for this kind of device.
+    """
+    if settings.levels != "auto":
+        return settings.level_names
+    kind = device_kind(device)
+    speed = None if card is None else speed_for(card, kind)
+    if speed is None:
+        log.info("SAIT_LEVELS=auto: no speed table for %s in the level card; serving every level", kind)
+        return None
+    batch = decisive_batch(speed, settings.max_batch_size)
+    names = choose_levels(tuple(e for e in card.levels if e.name in model.levels), speed, batch=batch)
+    log.info(
+        "SAIT_LEVELS=auto on %s: %s (speed table %s, batch %d, chosen from accuracy and speed)",
+        kind,
+        ",".join(names),
+        speed.kind,
+        batch,
+    )
+    return names

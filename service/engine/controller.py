@@ -330,7 +330,7 @@ def choose_level(
             f"queue full: {load.total_queued} images queued, limit {policy.queue_limit} (SAIT_QUEUE_LIMIT)",
             retry_after_s=wait_ms / 1e3,
         )
-    budget_ms = dial.latency_budget_ms if dial.latency_budget_ms is not None else policy.default_budget_ms
+    budget_ms = dial.budget_ms(policy.default_budget_ms)
     usable_ms = budget_ms * (1.0 - policy.safety_margin) - elapsed_ms
 
     fastest_first = False

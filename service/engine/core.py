@@ -2,8 +2,8 @@
 
 The front end talks to it through a small interface only (the methods under "the client
 interface" below): `describe()`, `health()`, `admit()`, `infer()`, `request_started()` /
-`request_finished()`, `stats()`, `render_metrics()`. Everything blocking (loading, warm-up,
-profiling) is a plain method the app runs in a thread before readiness.
+`request_finished()`, `stats()`, `render_metrics()`, `timeline()`. Everything blocking
+(loading, warm-up, profiling) is a plain method the app runs in a thread before readiness.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,17 +20,27 @@ import torch
 
 from models import WeightsError, load_model
 from models.card import LevelCard
+from models.device import resolve_device
 from models.preprocess import DataConfig
 from service.device.factory import create_runner
 from service.dial import Dial
 from service.engine.batcher import Batcher, WorkItem
-from service.engine.cards import CardError, LevelFacts, card_accuracy, card_entry, level_facts, load_card
+from service.engine.cards import (
+    CardError,
+    LevelFacts,
+    card_accuracy,
+    card_entry,
+    level_facts,
+    load_card,
+    requested_levels,
+)
 from service.engine.controller import Decision, LevelInfo, LoadSnapshot, Policy, choose_level, ladder, resolve_density
 from service.engine.labels import class_labels
 from service.engine.latency_model import LatencyModel, profile_levels
 from service.engine.load_signals import ArrivalRate, CompletionRatio
 from service.engine.metrics import Metrics
 from service.engine.stats import ModelStats
+from service.engine.timeline import Timeline
 from service.engine.worker import InferenceWorker, ItemResult
 from service.errors import Expired, ServiceError, Unavailable
 from service.settings import Settings
@@ -127,7 +138,8 @@ class Engine:
         self.model = model
         self.runner = runner
         self.card = card
-        levels = _served_levels(model, settings.level_names)
+        device = getattr(runner, "device", torch.device("cpu"))
+        levels = _served_levels(model, requested_levels(settings, model, card, device))
         self.level_infos = tuple(
             LevelInfo(
                 name=n, gflops_ratio=float(model.level(n).gflops_ratio), accuracy=card_accuracy(card_entry(card, n))
@@ -160,11 +172,14 @@ class Engine:
         self.warm_s = 0.0
         self.torch_threads: int | None = None  # as the worker thread reports it after SAIT_TORCH_THREADS
         self.draining = False
-        self.inflight = 0
+        self.inflight = 0  # requests of this process's front end, between request_started and _finished
+        self._remote_inflight: dict[object, int] = {}  # the same, as API processes report theirs
         self.failed: str | None = None  # why warm-up failed, if it did
         self._overhead_ms = 0.0  # EWMA of batch end -> response ready, see infer()
         self._completions = CompletionRatio()
+        self._mailboxes: dict[asyncio.AbstractEventLoop, _Mailbox] = {}
         self._arrivals = ArrivalRate()
+        self._timeline = Timeline()
         self._ready = False
 
     # -- construction -----------------------------------------------------------------------------
@@ -185,9 +200,10 @@ class Engine:
                 device=settings.device,
                 precision=settings.precision,
                 cuda_graphs=settings.cuda_graphs,
+                compile=settings.compile,
                 max_batch_size=settings.max_batch_size,
                 top_k=5,
-                levels=_served_levels(model, settings.level_names),
+                levels=_served_levels(model, requested_levels(settings, model, card, resolve_device(settings.device))),
             )
         except (RuntimeError, ValueError) as exc:
             raise StartupError(f"cannot create the runner: {exc}") from None
@@ -269,6 +285,12 @@ class Engine:
         queued = sum(self.batcher.snapshot().values()) if self.batcher is not None else 0
         return self.inflight + queued
 
+    async def open(self) -> None:
+        """Nothing to connect to in this process (the client of an engine process connects here)."""
+
+    async def shutdown(self, timeout_s: float) -> None:
+        await asyncio.to_thread(self.close, timeout_s)
+
     def close(self, timeout_s: float = 5.0) -> None:
         self.begin_drain()
         if self.batcher is not None:
@@ -295,26 +317,65 @@ class Engine:
 
     def request_started(self) -> None:
         self.inflight += 1
-        self.metrics.inflight.inc()
+        self._show_inflight()
 
     def request_finished(
         self, *, api: str, level: str | None, outcome: str, arrival_s: float, deadline_met: bool | None = None
     ) -> None:
         """Observe one answered inference request (exactly once per request_started)."""
         self.inflight -= 1
-        self.metrics.inflight.dec()
-        duration_s = time.perf_counter() - arrival_s
-        self.metrics.observe_request(api=api, level=level, outcome=outcome, duration_s=duration_s)
-        if deadline_met is not None:
-            self.metrics.deadline.labels(result="met" if deadline_met else "missed").inc()
-        self.model_stats.add_request(ok=outcome == "ok", duration_s=duration_s)
+        self._show_inflight()
+        self.record(
+            api=api,
+            level=level,
+            outcome=outcome,
+            duration_s=time.perf_counter() - arrival_s,
+            deadline_met=deadline_met,
+            process="0",
+        )
 
-    def stats(self, version: str) -> dict:
+    async def stats(self, version: str) -> dict:
         """The model's statistics in Triton's statistics-extension shape."""
         return self.model_stats.as_triton(name=self.info.name, version=version)
 
-    def render_metrics(self) -> tuple[bytes, str]:
+    async def render_metrics(self) -> tuple[bytes, str]:
         return self.metrics.render()
+
+    async def timeline(self, since_s: float | None = None) -> list[dict]:
+        """The last minutes, one sample per second from `since_s` on (service.engine.timeline)."""
+        return self._timeline.samples(since_s, queued=sum(self.batcher.snapshot().values()) if self.batcher else 0)
+
+    # -- accounting for requests answered by other processes' front ends -------------------------------
+    def record(
+        self,
+        *,
+        api: str,
+        level: str | None,
+        outcome: str,
+        duration_s: float,
+        deadline_met: bool | None = None,
+        process: str = "0",
+    ) -> None:
+        """The one accounting record of an answered request: metrics and statistics.
+
+        `process` is the index of the front-end process that answered it.
+        """
+        self.metrics.observe_request(api=api, level=level, outcome=outcome, duration_s=duration_s, process=process)
+        if deadline_met is not None:
+            self.metrics.observe_deadline(deadline_met)
+        self.model_stats.add_request(ok=outcome == "ok", duration_s=duration_s)
+        self._timeline.finished(level=level, outcome=outcome, deadline_met=deadline_met)
+
+    def set_remote_inflight(self, source: object, requests: int) -> None:
+        """What an API process reports it has in flight (0 when it has gone)."""
+        if requests > 0:
+            self._remote_inflight[source] = requests
+        else:
+            self._remote_inflight.pop(source, None)
+        self._show_inflight()
+
+    def _show_inflight(self) -> None:
+        self.metrics.inflight.set(self.inflight + sum(self._remote_inflight.values()))
 
     async def infer(self, images: list[torch.Tensor], dial: Dial, *, arrival_s: float) -> RequestResult:
         """Choose a level, queue the images, await their results. Raises ServiceError.
@@ -328,6 +389,7 @@ class Engine:
         self._arrivals.add(now_s, len(images))  # shed or not, it is offered load
         load = self._load_snapshot(now_s)
         self.metrics.arrival_rate.set(load.arrival_rate_per_s)
+        self._timeline.arrival(len(images), queued=load.total_queued)
         decision = choose_level(
             dial,
             load,
@@ -337,8 +399,9 @@ class Engine:
             images=len(images),
             elapsed_ms=(now_s - arrival_s) * 1e3,
         )
-        self.metrics.level_chosen.labels(level=decision.level, reason=decision.reason).inc()
+        self.metrics.observe_choice(level=decision.level, reason=decision.reason)
         loop = asyncio.get_running_loop()
+        mailbox = self._mailboxes.get(loop) or self._mailboxes.setdefault(loop, _Mailbox(loop))
         futures = [loop.create_future() for _ in images]
         deadline_s = arrival_s + decision.budget_ms / 1e3
         # The margin the controller kept for prediction error: later arrivals must not fill it.
@@ -350,7 +413,7 @@ class Engine:
                 deadline_s=deadline_s,
                 priority=dial.priority,
                 finish_by_s=finish_by_s,
-                on_done=_resolver(loop, fut),
+                on_done=mailbox.resolver(fut),
             )
             for img, fut in zip(images, futures)
         ]
@@ -394,24 +457,45 @@ class Engine:
         self.model_stats.add_batch(size=size, compute_s=compute_s, queue_s=queue_s)
 
 
-def _resolver(loop: asyncio.AbstractEventLoop, fut: asyncio.Future):
-    """A callback for the worker thread that settles `fut` on the event loop."""
+class _Mailbox:
+    """Hands results from the worker thread to one event loop, one wake-up per batch.
 
-    def settle(result) -> None:
-        if fut.done():  # the client went away and the request was cancelled
-            return
-        if isinstance(result, BaseException):
-            fut.set_exception(result)
-        else:
-            fut.set_result(result)
+    The worker settles every image of a batch in a row; a wake-up of the event loop (a write
+    to its self-pipe, and a thread switch) per image would cost more than the results it
+    carries. So deliveries queue here, and only the first one after the loop last emptied the
+    queue wakes it.
+    """
 
-    def on_done(result) -> None:
-        try:
-            loop.call_soon_threadsafe(settle, result)
-        except RuntimeError:  # loop closed during shutdown: nobody is waiting any more
-            pass
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[asyncio.Future, object]] = []
 
-    return on_done
+    def resolver(self, fut: asyncio.Future):
+        """A callback for the worker thread that settles `fut` with what it is called with."""
+
+        def on_done(result) -> None:
+            with self._lock:
+                self._pending.append((fut, result))
+                wake = len(self._pending) == 1
+            if wake:
+                try:
+                    self.loop.call_soon_threadsafe(self._settle)
+                except RuntimeError:  # loop closed during shutdown: nobody is waiting any more
+                    pass
+
+        return on_done
+
+    def _settle(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for fut, result in pending:
+            if fut.done():  # the client went away and the request was cancelled
+                continue
+            if isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
 
 
 def _served_levels(model, names: tuple[str, ...] | None) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 disable_created_metrics()
 
 NO_LEVEL = "none"
-OUTCOMES = ("ok", "shed", "expired", "bad_request", "error")
+OUTCOMES = ("ok", "shed", "expired", "bad_request", "client_disconnect", "error")
 APIS = ("v1", "v2")
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 
@@ -82,6 +82,18 @@ class Metrics:
         )
         self.ready = Gauge("sait_ready", "1 when the server accepts inference requests, else 0.", registry=r)
         self.inflight = Gauge("sait_inflight_requests", "Inference requests being handled now.", registry=r)
+        self.api_requests = Counter(
+            "sait_api_requests_total",
+            "Requests answered per HTTP front-end process (0 when one process serves).",
+            ["process"],
+            registry=r,
+        )
+        self.shm_free_slots = Gauge(
+            "sait_shm_free_slots",
+            "Free shared-memory image slots per API process, as it last reported (multi-process mode).",
+            ["process"],
+            registry=r,
+        )
         self.latency_scale = Gauge(
             "sait_latency_scale_ratio",
             "Measured / start-up profiled compute time, shared by all levels (1: as at start-up).",
@@ -115,12 +127,42 @@ class Metrics:
         for level in levels:
             self.queue_depth.labels(level=level).set(0)
         self._gpu = None
+        # labels() takes a lock and builds a dict per call: the children of the per-request
+        # families are looked up once per label set and kept.
+        self._request_children: dict[tuple, tuple] = {}
+        self._children: dict[tuple, object] = {}
 
     # -- observations ------------------------------------------------------------------------------
-    def observe_request(self, *, api: str, level: str | None, outcome: str, duration_s: float) -> None:
-        level = level or NO_LEVEL
-        self.requests.labels(api=api, level=level, outcome=outcome).inc()
-        self.request_duration.labels(api=api, level=level).observe(duration_s)
+    def observe_request(
+        self, *, api: str, level: str | None, outcome: str, duration_s: float, process: str = "0"
+    ) -> None:
+        key = (api, level or NO_LEVEL, outcome, process)
+        children = self._request_children.get(key)
+        if children is None:
+            api, level, outcome, process = key
+            children = self._request_children[key] = (
+                self.requests.labels(api=api, level=level, outcome=outcome),
+                self.request_duration.labels(api=api, level=level),
+                self.api_requests.labels(process=process),
+            )
+        requests, duration, per_process = children
+        requests.inc()
+        duration.observe(duration_s)
+        per_process.inc()
+
+    def observe_choice(self, *, level: str, reason: str) -> None:
+        key = ("choice", level, reason)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.level_chosen.labels(level=level, reason=reason)
+        child.inc()
+
+    def observe_deadline(self, met: bool) -> None:
+        key = ("deadline", met)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.deadline.labels(result="met" if met else "missed")
+        child.inc()
 
     def observe_batch(self, *, level: str, size: int, compute_s: float, queue_s: list[float]) -> None:
         self.batch_size.labels(level=level).observe(size)

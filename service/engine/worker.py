@@ -17,8 +17,12 @@ import torch
 from service.engine.batcher import Batch, Batcher
 from service.engine.latency_model import LatencyModel
 from service.errors import Expired, InternalError
+from service.proc import set_thread_name
 
 log = logging.getLogger(__name__)
+
+# The inference thread's name in /proc: bench.request_cost tells model compute apart by it.
+WORKER_THREAD_NAME = "sait-worker"
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,8 @@ class InferenceWorker:
         return max(0.0, start + predicted_s - time.perf_counter()) * 1e3
 
     def _main(self, prepare) -> None:
+        # Before warm-up: the intra-op threads torch starts from this thread take its name too.
+        set_thread_name(WORKER_THREAD_NAME)
         try:
             self._prepare_result = (prepare(), None)
         except BaseException as exc:  # reported to whoever waits for readiness

@@ -17,6 +17,7 @@ and the drift tests still see them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 
@@ -38,11 +39,16 @@ class FastInference:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            handler = _handler(_route_path(scope))
+            handler = _handler(route_path(scope))
             if handler is not None:
                 scope["app"] = self.app  # request.app.state, as under FastAPI
                 try:
                     response = await handler(Request(scope, receive, send))
+                except asyncio.CancelledError:
+                    # Only the server's shutdown cancels a handler, once its time is up; the
+                    # connection has been answered 503 (service.frontend.protocol) and the
+                    # request counted. Ending quietly keeps uvicorn from logging a traceback.
+                    return
                 except Exception as exc:  # a bug, not a bad request: every ServiceError is answered inside
                     log.exception("inference handler failed")
                     response = JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
@@ -62,7 +68,7 @@ def _handler(path: str):
     return lambda request: v2.infer(request, model, version)
 
 
-def _route_path(scope) -> str:
+def route_path(scope) -> str:
     """The path the routes see: without the root path a proxy mounted the app under (as Starlette)."""
     path, root = scope["path"], scope.get("root_path", "")
     return path[len(root) :] if root and path.startswith(root) else path

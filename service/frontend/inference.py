@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
@@ -9,7 +10,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from service.engine.core import Engine, RequestResult
-from service.errors import ServiceError
+from service.errors import ServiceError, Unavailable
 
 
 def error_response(exc: ServiceError) -> JSONResponse:
@@ -46,6 +47,9 @@ async def serve_inference(
             deadline_met=False if exc.outcome == "expired" else None,
         )
         return error_response(exc)
+    except asyncio.CancelledError:  # the server's shutdown ran out of time: answered 503 by the protocol
+        engine.request_finished(api=api, level=None, outcome=Unavailable.outcome, arrival_s=arrival_s)
+        raise
     except BaseException:
         engine.request_finished(api=api, level=None, outcome="error", arrival_s=arrival_s)
         raise

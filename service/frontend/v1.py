@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from service.dial import DIAL_FIELDS, parse_dial
 from service.engine.core import Engine, RequestResult
-from service.errors import BadRequest
+from service.errors import BadRequest, UnsupportedMediaType
 from service.frontend.body import read_body
 from service.frontend.inference import serve_inference
 
@@ -20,13 +20,27 @@ router = APIRouter(tags=["native"])
 _FORM_FIELDS = ("file", "image")
 # v1 takes the dial without priority (one image: nothing to break ties against in its request).
 V1_QUERY = {name: text for name, text in DIAL_FIELDS.items() if name != "priority"}
+# Content-Types /v1/classify takes. Not text/plain, form-urlencoded or none at all: a web page
+# may send those cross-origin without asking (a CORS "simple" request) and burn capacity.
+CONTENT_TYPES = ("image/", "multipart/form-data", "application/octet-stream")
 
 
-async def image_bytes(request: Request, *, limit: int) -> bytes:
+def content_type(request: Request) -> str:
+    """The request's Content-Type (lower case); UnsupportedMediaType unless /v1/classify takes it."""
+    value = request.headers.get("content-type", "").lower()
+    if not value.startswith(CONTENT_TYPES):
+        raise UnsupportedMediaType(
+            f"Content-Type {value[:60]!r} is not accepted: send the image as image/jpeg, image/png, "
+            f"image/webp or application/octet-stream, or as a multipart/form-data file"
+        )
+    return value
+
+
+async def image_bytes(request: Request, *, limit: int, timeout_s: float | None = None) -> bytes:
     """The encoded image: the raw body, or the first file part of a multipart form."""
-    body = await read_body(request, limit=limit)
-    content_type = request.headers.get("content-type", "").lower()
-    if not content_type.startswith("multipart/form-data"):
+    kind = content_type(request)
+    body = await read_body(request, limit=limit, timeout_s=timeout_s)
+    if not kind.startswith("multipart/form-data"):
         return body
     try:
         form = await request.form(max_files=4, max_fields=16)
@@ -47,7 +61,9 @@ async def image_bytes(request: Request, *, limit: int) -> bytes:
     summary="Classify one image at a per-request token density",
     responses={
         400: {"description": "bad image or dial"},
+        408: {"description": "body not received in time"},
         413: {"description": "body too large"},
+        415: {"description": "Content-Type not an image or multipart"},
         429: {"description": "shed: cannot meet the budget (Retry-After)"},
         503: {"description": "not ready or draining"},
         504: {"description": "deadline passed in the queue"},
@@ -76,8 +92,9 @@ async def classify_request(request: Request) -> JSONResponse:
 
     async def work(engine: Engine, arrival_s: float) -> RequestResult:
         dial = parse_dial(**raw, num_classes=engine.describe().num_classes)
-        data = await image_bytes(request, limit=settings.max_body_bytes)
-        image = await request.app.state.decoder.decode(data)
+        data = await image_bytes(request, limit=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+        deadline_s = arrival_s + dial.budget_ms(settings.default_budget_ms) / 1e3
+        image = await request.app.state.decoder.decode(data, deadline_s=deadline_s)
         return await engine.infer([image], dial, arrival_s=arrival_s)
 
     return await serve_inference(request, "v1", work, _respond)

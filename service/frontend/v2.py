@@ -68,7 +68,7 @@ async def ready(request: Request) -> Response:
 
 @router.get("/v2/models/stats", summary="Statistics of all models (statistics extension)")
 async def all_stats(request: Request) -> JSONResponse:
-    return JSONResponse({"model_stats": [_engine(request).stats(VERSION)]})
+    return JSONResponse({"model_stats": [await _engine(request).stats(VERSION)]})
 
 
 @router.get("/v2/models/{model}/ready", summary="Model readiness")
@@ -165,7 +165,7 @@ async def model_config(request: Request, model: str, version: str | None = None)
 @router.get("/v2/models/{model}/versions/{version}/stats", include_in_schema=False)
 async def model_stats(request: Request, model: str, version: str | None = None) -> JSONResponse:
     _model(request, model, version)
-    return JSONResponse({"model_stats": [_engine(request).stats(VERSION)]})
+    return JSONResponse({"model_stats": [await _engine(request).stats(VERSION)]})
 
 
 @router.post("/v2/models/{model}/infer", summary="Inference (JSON or binary tensor data)")
@@ -179,16 +179,22 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     async def work(engine: Engine, arrival_s: float) -> RequestResult:
         info = _model(request, model, version)
         limit = settings.max_body_bytes
-        body = decompress(await read_body(request, limit=limit), request.headers.get("content-encoding"), limit=limit)
+        raw = await read_body(request, limit=limit, timeout_s=settings.body_timeout_s)
+        body = decompress(raw, request.headers.get("content-encoding"), limit=limit)
         req = state["request"] = parse_infer_request(
-            body, request.headers.get(HEADER_LENGTH), input_size=info.input_size, max_batch_size=settings.max_batch_size
+            body,
+            request.headers.get(HEADER_LENGTH),
+            input_size=info.input_size,
+            max_batch_size=settings.max_batch_size,
+            json_limits=request.app.state.json_limits,
         )
         p = req.parameters
         dial = parse_dial(
             **{name: p.get(name) for name in DIAL_FIELDS}, timeout_us=p.get("timeout"), num_classes=info.num_classes
         )
         if req.input_name == INPUT_IMAGE:
-            images = await request.app.state.decoder.decode_many(req.images)
+            deadline_s = arrival_s + dial.budget_ms(settings.default_budget_ms) / 1e3
+            images = await request.app.state.decoder.decode_many(req.images, deadline_s=deadline_s)
         else:
             images = list(req.pixels.unbind(0))
         return await engine.infer(images, dial, arrival_s=arrival_s)

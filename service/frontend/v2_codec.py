@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from service.errors import BadRequest
+from service.frontend.safe_json import JsonLimits, loads_bounded
 
 INPUT_IMAGE = "image"  # BYTES [-1]: encoded JPEG/PNG/WebP, one per image
 INPUT_PIXELS = "pixels"  # UINT8 [-1,3,H,W]: preprocessed (resized, centre-cropped), not normalized
@@ -84,14 +85,16 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 
 
 def parse_infer_request(
-    body: bytes, header_length: str | None, *, input_size: tuple[int, int, int], max_batch_size: int
+    body: bytes,
+    header_length: str | None,
+    *,
+    input_size: tuple[int, int, int],
+    max_batch_size: int,
+    json_limits: JsonLimits = JsonLimits(),
 ) -> InferRequest:
     """Validate and decode an infer body. Raises BadRequest with Triton-like messages."""
     head, tail = split_body(body, header_length)
-    try:
-        doc = json.loads(head)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"malformed JSON in the request header: {exc}") from None
+    doc = loads_bounded(head, json_limits)
     if not isinstance(doc, dict):
         raise BadRequest("the request header must be a JSON object with 'inputs'")
     params = doc.get("parameters") or {}
@@ -206,7 +209,7 @@ def _pixels_input(
         raise BadRequest(f"input {INPUT_PIXELS!r} has neither 'data' nor binary_data_size")
     try:
         arr = np.asarray(data, dtype=np.int64).reshape(-1)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # ragged, not numbers, or past int64
         raise BadRequest(f"input {INPUT_PIXELS!r}: 'data' must hold integers 0..255") from None
     if arr.size != count:
         raise BadRequest(f"input {INPUT_PIXELS!r}: shape {shape} needs {count} elements, got {arr.size}")
@@ -216,11 +219,16 @@ def _pixels_input(
 
 
 def _flatten(data) -> list:
-    if not isinstance(data, list):
-        return [data]
-    out = []
-    for x in data:
-        out.extend(_flatten(x) if isinstance(x, list) else [x])
+    """The leaves of nested lists, in order; a loop, not recursion (the depth is the client's)."""
+    out, stack = [], [iter([data])]
+    while stack:
+        for x in stack[-1]:
+            if isinstance(x, list):
+                stack.append(iter(x))
+                break
+            out.append(x)
+        else:
+            stack.pop()
     return out
 
 
@@ -236,6 +244,9 @@ def _outputs(doc: dict) -> list[RequestedOutput] | None:
             raise BadRequest("each requested output needs a 'name'")
         if o["name"] not in OUTPUTS:
             raise BadRequest(f"unexpected inference output {o['name']!r}: the model has {', '.join(OUTPUTS)}")
+        # Each output once: repeats would only multiply the response (a small request, a huge answer).
+        if any(p.name == o["name"] for p in parsed):
+            raise BadRequest(f"output {o['name']!r} is requested twice")
         p = o.get("parameters") or {}
         if not isinstance(p, dict):
             raise BadRequest(f"output {o['name']!r}: 'parameters' must be a JSON object")

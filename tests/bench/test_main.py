@@ -47,3 +47,13 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["model", "--batch-sizes", "0"])
     assert exc.value.code == 2
+
+
+def test_e2e_flags_are_checked_before_anything_runs(tmp_path, capsys):
+    rc = main(["e2e", "--model", "vit_tiny_test", "--procs", "0", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--procs" in err[0]
+    with pytest.raises(SystemExit) as exc:
+        main(["e2e", "--server-api-processes", "1,two"])
+    assert exc.value.code == 2
+    assert "0..64 or auto" in capsys.readouterr().err

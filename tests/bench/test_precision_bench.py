@@ -6,6 +6,7 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from bench.precision_bench import IMAGE_SETS, PrecisionBenchConfig, pick_evenly, run_precision_bench
@@ -35,17 +36,13 @@ def _fake_assets(root, per_set: int):
                 w.writerow([name, i])
 
 
+def _config(assets, **settings) -> PrecisionBenchConfig:
+    return PrecisionBenchConfig(model="vit_tiny_test", device="cpu", assets=str(assets), **settings)
+
+
 def test_precision_bench_compares_every_level_with_fp32(tmp_path):
     _fake_assets(tmp_path, per_set=3)
-    cfg = PrecisionBenchConfig(
-        model="vit_tiny_test",
-        device="cpu",
-        precisions=("bf16", "bf16-head16"),
-        images_per_set=2,
-        batch_size=2,
-        assets=str(tmp_path),
-    )
-    r = run_precision_bench(cfg)
+    r = run_precision_bench(_config(tmp_path, precisions=("bf16", "bf16-head16"), images_per_set=2, batch_size=2))
     assert r["images"] == {s: 2 for s in IMAGE_SETS}
     n_levels = len(load_model("vit_tiny_test").levels)
     assert len(r["levels"]) == n_levels
@@ -66,3 +63,27 @@ def test_precision_bench_without_assets_or_with_a_bad_variant_says_why(tmp_path)
         run_precision_bench(
             PrecisionBenchConfig(model="vit_tiny_test", device="cpu", precisions=("bf16-x",), assets=str(tmp_path))
         )
+
+
+def test_precision_bench_stops_at_its_time_limit_and_says_what_it_skipped(tmp_path):
+    _fake_assets(tmp_path, per_set=3)
+    # 3 images per set in batches of 2: the last batch of each level is padded; the time limit
+    # is over after the first level.
+    limits = dict(images_per_set=3, batch_size=2, time_limit_s=1e-9, levels=("dense", "l050"))
+    r = run_precision_bench(_config(tmp_path, precisions=("bf16", "fp16"), **limits))
+    assert [(row["precision"], row["level"]) for row in r["rows"]] == [("fp32", "dense")]
+    assert r["not_measured"].endswith("not measured: fp32 at l050; bf16; fp16")
+    assert [p["precision"] for p in r["passes"]] == ["fp32"]
+    md = precision_markdown(r)
+    assert "**Not measured**" in md and "Passes: fp32" in md
+
+
+def test_a_padded_last_batch_predicts_what_the_images_alone_do():
+    from bench.precision_bench import predict
+    from service.device.runner import EagerRunner
+
+    model = load_model("vit_tiny_test", pretrained=False)
+    runner = EagerRunner(model, device="cpu", precision="fp32", max_batch_size=4, top_k=1)
+    images = torch.randint(0, 256, (5, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    alone = torch.cat([runner.run("l050", images[i : i + 1]).topk_indices[:, 0] for i in range(5)])
+    assert torch.equal(predict(runner, "l050", images, 4), alone)

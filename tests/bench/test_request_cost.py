@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from bench.loadgen.server import thread_cpu_s
-from bench.request_cost import CaseCost, main, markdown, median_costs, split_cpu
+from bench.loadgen.server import ServerProcess, cpu_by_role, server_threads, thread_cpu_s
+from bench.request_cost import CaseCost, main, markdown, median_costs
 
 
 def test_thread_cpu_reads_this_process_and_sees_a_busy_thread():
@@ -37,12 +37,33 @@ def test_thread_cpu_reads_this_process_and_sees_a_busy_thread():
     assert (user1 + sys1) - (user0 + sys0) >= 0.1
 
 
-def test_split_cpu_separates_the_event_loop_and_counts_new_threads_from_zero():
-    before = {100: (1.0, 0.5), 101: (10.0, 1.0)}
-    after = {100: (1.5, 0.7), 101: (12.0, 1.5), 102: (0.25, 0.25)}  # 102 started in between
-    loop, loop_sys, other = split_cpu(before, after, main_tid=100)
-    assert loop == pytest.approx(0.7) and loop_sys == pytest.approx(0.2)
-    assert other == pytest.approx(2.5 + 0.5)
+def test_cpu_by_role_separates_the_roles_and_counts_new_threads_from_zero():
+    before = {
+        (100, 100): ("api_loop", 1.5, 0.5),
+        (100, 101): ("api_other", 11.0, 1.0),
+        (200, 200): ("engine_loop", 2.0, 0.1),
+        (200, 201): ("model", 50.0, 2.0),
+    }
+    after = {
+        (100, 100): ("api_loop", 2.2, 0.7),
+        (100, 101): ("api_other", 13.5, 1.5),
+        (100, 102): ("api_other", 0.5, 0.25),  # started in between
+        (200, 200): ("engine_loop", 2.5, 0.2),
+        (200, 201): ("model", 60.0, 2.5),
+    }
+    spent = cpu_by_role(before, after)
+    assert spent["api_loop"] == pytest.approx(0.7) and spent["api_loop_sys"] == pytest.approx(0.2)
+    assert spent["api_other"] == pytest.approx(2.5 + 0.5) and spent["engine_loop"] == pytest.approx(0.5)
+    assert spent["model"] == pytest.approx(10.0) and spent["engine_other"] == spent["supervisor"] == 0.0
+
+
+def test_server_threads_names_the_roles_of_a_multi_process_server():
+    with ServerProcess(
+        settings={"MODEL": "vit_tiny_test", "DEVICE": "cpu", "API_PROCESSES": "1", "MAX_BATCH_SIZE": "2"}
+    ) as server:
+        roles = {role for role, _, _ in server_threads(server.pid).values()}
+    # The worker thread names itself, so the model's CPU is told apart from the engine's own.
+    assert {"supervisor", "api_loop", "engine_loop", "engine_other", "model"} <= roles
 
 
 def test_markdown_names_machine_command_and_ceiling():
@@ -176,8 +197,11 @@ def test_short_run_against_a_real_server(tmp_path):
     for case in doc["cases"]:
         assert case["ok"] == case["requests"] == 30
         # Every answered request ran Python on the event loop and the model on the worker.
-        assert 0 < case["event_loop_ms"] < 1000 and case["other_threads_ms"] > 0 and case["client_ms"] > 0
+        assert 0 < case["event_loop_ms"] < 1000 and case["model_ms"] > 0 and case["client_ms"] > 0
         assert 0 <= case["event_loop_sys_ms"] <= case["event_loop_ms"]
+        assert case["engine_loop_ms"] == case["supervisor_ms"] == 0.0  # one process: no engine process
+    # JPEGs are decoded on the front end's pool, not on the event loop nor the worker.
+    assert doc["cases"][1]["other_threads_ms"] > doc["cases"][0]["other_threads_ms"]
     text = docs.read_text()
     assert "old" not in text and "| this | v1 | jpeg | 30/30 |" in text
     assert text.startswith("# bench\n<!-- request-cost:begin -->\n") and text.endswith("<!-- request-cost:end -->\n")

@@ -43,6 +43,13 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         }
     },
     "service-monitor": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus"}}},
+    "secure": {
+        "auth": {"enabled": True, "existingSecret": "sait-api-keys"},
+        "tls": {"enabled": True, "existingSecret": "sait-tls"},
+        "metrics": {"port": 9090},
+        "serviceMonitor": {"enabled": True},
+        "config": {"openapi": False, "max_connections": 256},
+    },
     "scheduling": {
         "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "inference", "effect": "NoSchedule"}],

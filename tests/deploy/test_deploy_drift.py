@@ -1,6 +1,7 @@
 """No drift between the deployment and the service: the SAIT_ variables, ports, probe paths
 and metric names used by the chart, KServe manifest, Dockerfile, compose file, rules and
-dashboard exist in the service's code (service.settings, service.frontend.app, service.engine.metrics)."""
+dashboard exist in the service's code (service.settings, service.frontend.app, service.engine.metrics,
+service.frontend.http_metrics)."""
 
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ settings_module = pytest.importorskip("service.settings", reason="service not ye
 Settings = settings_module.Settings
 FIELDS = set(Settings.model_fields)
 SERVICE_ENV = {settings_module.ENV_PREFIX + name.upper() for name in FIELDS}
-# Set by the chart itself (.Values.weights, containerPort), not through .Values.config.
-CHART_OWNED = {"host", "port", "weights"}
+# Set by the chart itself (.Values.weights, containerPort, .Values.auth, .Values.tls,
+# .Values.metrics), not through .Values.config.
+CHART_OWNED = {"host", "port", "weights", "api_keys_file", "tls_cert_file", "tls_key_file", "metrics_port"}
 
 
 def deployment_env_names(render) -> dict[str, set[str]]:
@@ -109,19 +111,24 @@ def test_probe_paths_are_routes_of_the_app(render):
 
 
 def service_metric_families() -> dict[str, tuple[str, set[str]]]:
-    """{family: (type, label names)} registered by service/engine/metrics.py's Metrics."""
+    """{family: (type, label names)} registered by the engine's Metrics (service/engine/metrics.py)
+    and the HTTP layer's HttpMetrics (service/frontend/http_metrics.py): /metrics serves both."""
     metrics_module = pytest.importorskip(
         "service.engine.metrics", reason="service not yet landed (service.engine.metrics)"
     )
+    http_module = pytest.importorskip("service.frontend.http_metrics", reason="service.frontend.http_metrics absent")
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics import MetricWrapperBase
 
-    registry = CollectorRegistry()
-    metrics = metrics_module.Metrics(registry=registry)
-    # Families (name, type) as the registry exposes them; label names from the wrappers.
-    labels = {m._name: set(m._labelnames) for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)}
-    families = {family.name: (family.type, labels.get(family.name, set())) for family in registry.collect()}
-    assert families and set(labels) <= set(families)
+    families = {}
+    for make in (metrics_module.Metrics, http_module.HttpMetrics):
+        registry = CollectorRegistry()
+        metrics = make(registry=registry)
+        # Families (name, type) as the registry exposes them; label names from the wrappers.
+        labels = {m._name: set(m._labelnames) for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)}
+        found = {family.name: (family.type, labels.get(family.name, set())) for family in registry.collect()}
+        assert found and set(labels) <= set(found) and not set(found) & set(families)
+        families.update(found)
     return families
 
 

@@ -93,6 +93,59 @@ def test_termination_grace_covers_prestop_and_drain(render):
     assert c["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "7"]
     assert one(objects, "ConfigMap")["data"]["SAIT_DRAIN_TIMEOUT_S"] == "45"
     assert pod["terminationGracePeriodSeconds"] == 7 + 45 + 5
+    # The service exits within its drain + 2 s whatever clients do (tests/service/frontend/test_server.py):
+    # Kubernetes' SIGKILL never comes first.
+    assert pod["terminationGracePeriodSeconds"] - 7 > 45 + 2
+
+
+def test_keys_and_tls_come_from_secrets_and_metrics_from_their_own_port(render):
+    objects = render(SCENARIOS["secure"])
+    pod = one(objects, "Deployment")["spec"]["template"]
+    c = pod["spec"]["containers"][0]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["api-keys"]["secret"] == {
+        "secretName": "sait-api-keys",
+        "items": [{"key": "api-keys", "path": "api-keys"}],
+    }
+    assert volumes["tls"]["secret"] == {"secretName": "sait-tls"}
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["api-keys"]["readOnly"] and mounts["tls"]["readOnly"]
+    data = one(objects, "ConfigMap")["data"]
+    assert data["SAIT_API_KEYS_FILE"] == mounts["api-keys"]["mountPath"] + "/api-keys"
+    assert data["SAIT_TLS_CERT_FILE"] == mounts["tls"]["mountPath"] + "/tls.crt"
+    assert data["SAIT_TLS_KEY_FILE"] == mounts["tls"]["mountPath"] + "/tls.key"
+    assert data["SAIT_METRICS_PORT"] == "9090" and data["SAIT_OPENAPI"] == "false"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["scheme"] == "HTTPS", probe
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in c["ports"]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9090"
+    service = one(objects, "Service")
+    assert {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"} in service["spec"]["ports"]
+    (endpoint,) = one(objects, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics"
+    # helm test reads a key and speaks HTTPS.
+    (hook,) = [o for o in objects if o["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    script = hook["spec"]["containers"][0]["args"][0]
+    assert "https://" in script and "/etc/sait/auth/api-keys" in script
+    assert hook["spec"]["volumes"][-1]["secret"]["secretName"] == "sait-api-keys"
+
+
+def test_keys_or_tls_need_a_metrics_port(chart):
+    helm = pytest.importorskip("helm_python")
+    for values in (
+        {"auth": {"enabled": True, "existingSecret": "k"}},
+        {"tls": {"enabled": True, "existingSecret": "t"}},
+    ):
+        with pytest.raises(helm.HelmRenderError, match="need metrics.port"):
+            chart.render(values, name="demo", namespace=NAMESPACE)
+
+
+def test_defaults_serve_plain_http_without_keys(render):
+    objects = render()
+    c = container(objects)
+    assert "scheme" not in c["readinessProbe"]["httpGet"] and [p["name"] for p in c["ports"]] == ["http"]
+    data = one(objects, "ConfigMap")["data"]
+    assert not {"SAIT_API_KEYS_FILE", "SAIT_TLS_CERT_FILE", "SAIT_METRICS_PORT"} & set(data)
 
 
 def test_configmap_renders_numbers_as_the_service_reads_them(render):
@@ -198,6 +251,10 @@ WRONG_VALUES = {
     "bad pull policy": {"image": {"pullPolicy": "Sometimes"}},
     "unknown top-level key": {"replicas": 3},
     "bad path type": {"ingress": {"hosts": [{"host": "h", "paths": [{"path": "/", "pathType": "Any"}]}]}},
+    "keys without a secret": {"auth": {"enabled": True}, "metrics": {"port": 9090}},
+    "tls without a secret": {"tls": {"enabled": True, "existingSecret": ""}, "metrics": {"port": 9090}},
+    "metrics port out of range": {"metrics": {"port": 70000}},
+    "zero header timeout": {"config": {"header_timeout_s": 0}},
 }
 
 

@@ -50,7 +50,10 @@ def test_buckets_cheapest_first_dense_last(model):
     keep = [b.capacity_patches for b in ad.buckets]
     assert keep == sorted(keep) and keep[-1] == model.shape.num_patches
     needed = torch.tensor([1, keep[0], keep[0] + 1, keep[-2], keep[-2] + 1, keep[-1]])
-    assert ad.bucket_for(needed).tolist() == [0, 0, 1, len(keep) - 2, len(keep) - 1, len(keep) - 1]
+    # The cheapest bucket that holds the patches (levels may share a capacity: the first of them).
+    first_holding = [next(i for i, k in enumerate(keep) if k >= n) for n in needed.tolist()]
+    assert first_holding[:2] == [0, 0] and first_holding[-2:] == [len(keep) - 1] * 2
+    assert ad.bucket_for(needed).tolist() == first_holding
     assert 0 < ad.probe_gflops() < model.level("dense").gflops * 0.5
 
 

@@ -84,3 +84,89 @@ def test_every_sparse_level_beats_the_naive_baseline(card):
 def test_sparse_levels_are_faster_on_the_card(card):
     dense = card.entry("dense").images_per_s
     assert all(e.images_per_s > dense for e in card.levels if e.gflops_ratio <= 0.7)
+
+
+# -- speed per device kind and the levels chosen from it -----------------------------------
+def _entry(name, ratio, top1):
+    from models.card import CardEntry
+
+    return CardEntry(name, "merge", 1.25 * ratio, ratio, top1, None, None, None)
+
+
+ENTRIES = (
+    _entry("dense", 1.0, 79.8),
+    _entry("l090", 0.9, 79.7),
+    _entry("l070", 0.7, 79.2),
+    _entry("p070", 0.7, 77.0),
+    _entry("l050", 0.5, 77.4),
+    _entry("p050", 0.5, 75.0),
+)
+
+
+@pytest.mark.parametrize(
+    "speedups,expected",
+    [
+        # Every level faster than the denser ones: all offered.
+        (
+            {"l090": 1.1, "l070": 1.4, "p070": 1.3, "l050": 1.8, "p050": 1.7},
+            ("dense", "l090", "l070", "l050"),
+        ),
+        # GPU-like: the merge levels are not faster than dense, the prune levels are.
+        (
+            {"l090": 0.9, "l070": 1.02, "p070": 1.35, "l050": 1.1, "p050": 1.9},
+            ("dense", "p070", "p050"),
+        ),
+        # A level faster only within the noise margin of a more accurate one is dropped.
+        (
+            {"l090": 1.04, "l070": 1.40, "p070": 1.42, "l050": 1.43, "p050": 2.0},
+            ("dense", "l070", "p050"),
+        ),
+        # Nothing beats dense: dense alone.
+        ({"l090": 0.8, "l070": 0.9, "p070": 1.0, "l050": 0.95, "p050": 1.03}, ("dense",)),
+    ],
+)
+def test_choose_levels_keeps_what_is_faster_than_every_more_accurate_level(speedups, expected):
+    from models.card import DeviceSpeed, choose_levels
+
+    ips = {"dense": {32: 100.0}} | {name: {32: 100.0 * s} for name, s in speedups.items()}
+    speed = DeviceSpeed(kind="cuda:Test GPU", precision="bf16", images_per_s=ips)
+    assert choose_levels(ENTRIES, speed, batch=32) == expected
+
+
+def test_choose_levels_offers_only_measured_levels_and_uses_agreement_without_top1():
+    from models.card import CardEntry, DeviceSpeed, choose_levels
+
+    entries = (
+        CardEntry("dense", "none", 1.25, 1.0, None, None, 1.0, None),
+        CardEntry("l070", "merge", 0.9, 0.7, None, None, 0.97, None),
+        CardEntry("p070", "prune", 0.9, 0.7, None, None, 0.90, None),
+        CardEntry("l050", "merge", 0.6, 0.5, None, None, 0.92, None),
+    )
+    ips = {"dense": {1: 10.0, 8: 50.0}, "l070": {8: 70.0}, "p070": {1: 20.0, 8: 80.0}}
+    speed = DeviceSpeed(kind="cpu:Test", precision="fp32", images_per_s=ips)
+    assert choose_levels(entries, speed, batch=8) == ("dense", "l070", "p070")
+    assert choose_levels(entries, speed, batch=1) == ("dense", "p070")  # l070 not measured at 1
+
+
+def test_speed_tables_are_found_by_device_kind_or_the_only_one_of_that_type():
+    from models.card import LevelCard, decisive_batch, speed_for
+
+    table = {"precision": "fp32", "images_per_s": {"dense": {"1": 10, "8": 50, "32": 60}, "l070": {"32": 90}}}
+    card = LevelCard.from_dict(
+        {
+            "model": "m",
+            "levels": [{"name": "dense", "gflops": 1.0, "gflops_ratio": 1.0, "ops": 125}],
+            "speed": {"cpu:AMD EPYC": table, "cuda:NVIDIA H200": table, "cuda:NVIDIA H100": table},
+        }
+    )
+    assert card.entry("dense").ops == 125
+    assert speed_for(card, "cpu:AMD EPYC").kind == "cpu:AMD EPYC"
+    assert speed_for(card, "cpu:Intel Xeon").kind == "cpu:AMD EPYC"  # the only CPU table
+    assert speed_for(card, "cuda:NVIDIA A100") is None  # two GPU tables: neither is assumed
+    speed = speed_for(card, "cpu:AMD EPYC")
+    assert speed.speedup("l070", 32) == pytest.approx(1.5) and speed.speedup("l070", 8) is None
+    assert [decisive_batch(speed, m) for m in (64, 32, 16, 1)] == [32, 32, 8, 1]
+    with pytest.raises(ValueError, match="malformed speed table"):
+        from models.card import device_speeds
+
+        device_speeds(LevelCard.from_dict({"model": "m", "levels": [], "speed": {"cpu:x": {"images_per_s": 3}}}))

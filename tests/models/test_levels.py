@@ -8,7 +8,7 @@ import torch
 
 from models import DENSE, ReductionStep
 from models.levels import model_gflops
-from models.schedules import DEFAULT_TARGETS, level_name
+from models.schedules import DEFAULT_TARGETS, FEW_POINT_RECIPES, level_name
 from models.sparse_vit import SparseViT, vit_shape
 
 
@@ -28,12 +28,13 @@ def test_dense_gflops_match_the_papers(name, expected):
 
 def test_default_levels_are_named_ordered_and_under_their_targets(tiny_model):
     names = list(tiny_model.levels)
-    assert names == [DENSE] + [level_name(t) for t in DEFAULT_TARGETS]
+    targets = {level_name(t): t for t in DEFAULT_TARGETS} | {n: t for n, (t, _) in FEW_POINT_RECIPES.items()}
+    assert sorted(names) == sorted([DENSE, *targets])
     ratios = [tiny_model.level(n).gflops_ratio for n in names]
-    assert ratios[0] == 1.0
+    assert names[0] == DENSE and ratios[0] == 1.0
     assert ratios == sorted(ratios, reverse=True)
-    for target in DEFAULT_TARGETS:
-        lv = tiny_model.level(level_name(target))
+    for name, target in targets.items():
+        lv = tiny_model.level(name)
         assert lv.gflops_ratio <= target + 1e-9
         # Not needlessly sparse either: within 5 points of the target.
         assert lv.gflops_ratio > target - 0.05

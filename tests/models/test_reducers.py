@@ -123,3 +123,27 @@ def test_bad_keep_and_unknown_reducer_are_refused():
         run("prune", 2, x, keys, cls_attn, fuse=True)
     with pytest.raises(ValueError, match="unknown reducer"):
         run("shuffle", 5, x, keys, cls_attn)
+
+
+@pytest.mark.parametrize("reducer,fuse", [("merge", False), ("pitome", False), ("squeeze", False), ("prune", True)])
+def test_under_bf16_autocast_the_choice_and_the_tokens_are_the_fp32_ones(reducer, fuse):
+    # 197 tokens with 64-d keys: in bf16 (3 significant digits) many similarities tie or swap.
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 197, 32, generator=g)
+    keys = torch.randn(2, 197, 64, generator=g)
+    cls_attn = torch.rand(2, 197, generator=g).softmax(-1)
+    size = torch.randint(1, 4, (2, 197), generator=g).float()
+    step = ReductionStep(block=4, reducer=reducer, keep=120, fuse=fuse)
+    state = TokenState(x=x, size=size)
+    fp32 = reduce_tokens(step, state, cls_attn=cls_attn, keys=keys, num_blocks=12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        # Keys arrive in the run's precision (the attention's k); the reducer casts them up.
+        bf16 = reduce_tokens(step, state, cls_attn=cls_attn, keys=keys.bfloat16().float(), num_blocks=12)
+        bf16_keys = reduce_tokens(step, state, cls_attn=cls_attn, keys=keys.bfloat16(), num_blocks=12)
+    torch.testing.assert_close(bf16.x, bf16_keys.x, rtol=0, atol=0)
+    assert bf16.x.dtype == torch.float32
+    # Same keys rounded to bf16 as input: the decisions are fp32 ones on those keys.
+    ref = reduce_tokens(step, state, cls_attn=cls_attn, keys=keys.bfloat16().float(), num_blocks=12)
+    torch.testing.assert_close(bf16.x, ref.x, rtol=0, atol=0)
+    torch.testing.assert_close(bf16.size, ref.size, rtol=0, atol=0)
+    assert fp32.x.shape == bf16.x.shape

@@ -124,9 +124,9 @@ def test_sparse_levels_run_the_advertised_token_counts(all_reducers_model, image
     seen: list[int] = []
     original = SparseViT._attention
 
-    def spy(attn, x, size, **needs):
+    def spy(attn, x, log_size, **needs):
         seen.append(x.shape[1])
-        return original(attn, x, size, **needs)
+        return original(attn, x, log_size, **needs)
 
     with torch.inference_mode():
         for name, lv in all_reducers_model.levels.items():
@@ -192,3 +192,26 @@ def test_public_parts_make_forward_features_bit_for_bit(all_reducers_model, imag
             assert torch.equal(m.final_norm(state), m.forward_features(images, level)), name
         plain = m.attend(0, m.embed(images))
         assert plain.cls_attn is None and plain.keys is None
+
+
+def test_class_attention_row_is_fp32_under_bf16_autocast():
+    # The row ranks the patches a prune keeps: computed from the block's fp32 input, not from
+    # bf16 q and k (whose logits round to 3 digits), it matches the fp32 run's row.
+    torch.manual_seed(0)
+    model = load_model("vit_tiny_test", pretrained=False).eval()
+    attn = model.timm_model.blocks[2].attn
+    x = torch.randn(2, 197, model.shape.embed_dim)
+    size = torch.randint(1, 4, (2, 197)).float()
+    with torch.no_grad():
+        _, ref, _ = SparseViT._attention(attn, x, size.log(), need_cls_attn=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, row, keys = SparseViT._attention(attn, x, size.log(), need_cls_attn=True, need_keys=True)
+    assert row.dtype == torch.float32 and keys.dtype == torch.bfloat16  # keys: cast up by the reducer
+    torch.testing.assert_close(row, ref, rtol=1e-5, atol=1e-7)
+    # The bf16 logits would not: the same row from bf16 q and k is off by far more.
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        b, n, _ = x.shape
+        q, k, _ = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        logits = ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).float() + size.log().view(b, 1, 1, n)
+        naive = logits.softmax(-1).mean(1)[:, 0]
+    assert (naive - ref).abs().max() > 10 * (row - ref).abs().max()

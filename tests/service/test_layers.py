@@ -2,7 +2,8 @@
 
     service.frontend -> service.engine -> service.device -> models
 
-`service.__main__` (the composition root) may import every layer; the base modules
+`service.__main__` and `service.supervisor` (the composition roots: processes) may import
+every layer; the base modules
 (`service.settings`, `service.errors`, `service.dial`) may be imported by every layer and
 import none. `models` never imports the server, and the server never imports the tools
 (`bench`) or their dependencies, so `pip install .` without extras serves.
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-BASE = ("service.settings", "service.errors", "service.dial")
+BASE = ("service.settings", "service.errors", "service.dial", "service.proc")
+ROOTS = ("service.__main__", "service.supervisor")  # processes: they wire the layers together
 LAYERS = ("models", "service.device", "service.engine", "service.frontend")  # lowest first
 TOOL_PACKAGES = ("bench", "tritonclient", "httpx", "matplotlib", "locust")
 SERVER_PACKAGES = ("service", "bench", "fastapi", "starlette", "uvicorn", "prometheus_client", "pydantic_settings")
@@ -70,8 +72,8 @@ def test_the_layers_exist():
 
 @pytest.mark.parametrize("module", sorted(SERVICE))
 def test_no_upward_import(module):
-    if module == "service.__main__":
-        return  # the composition root wires every layer together
+    if module in ROOTS:
+        return  # the composition roots wire every layer together
     imported = [i for i in SERVICE[module] if within(i, ("service", "models"))]
     if within(module, BASE) or module == "service":
         upward = [i for i in imported if layer(i) is not None and layer(i) > 0]
@@ -123,3 +125,48 @@ def test_the_checks_can_fail(tmp_path):
     src.write_text("def f():\n    from service.frontend.app import create_app\n")
     assert "service.frontend.app" in imports_of(src)
     assert layer("service.frontend.app") > layer("service.engine.core")
+
+
+# Import names of the runtime dependencies in pyproject.toml (a distribution's import name can
+# differ from its own); pynvml is the optional `gpu` extra, imported inside a try.
+IMPORT_NAMES = {
+    "pillow": "PIL",
+    "prometheus-client": "prometheus_client",
+    "pydantic-settings": "pydantic_settings",
+    "python-multipart": "multipart",
+    "uvicorn[standard]": "uvicorn",
+}
+OPTIONAL = {"pynvml"}
+PROVIDED_BY = {"starlette": "fastapi", "huggingface_hub": "timm"}  # installed with a listed package
+
+
+def runtime_imports() -> set[str]:
+    """Third-party top-level packages the server's processes import: the closure of imports from
+    service.__main__ through the first-party modules (models' own CLIs and plots excluded)."""
+    import sys
+
+    first_party = {**SERVICE, **MODELS}
+    seen, todo, third = set(), ["service.__main__"], set()
+    while todo:
+        module = todo.pop()
+        if module in seen or module not in first_party:
+            continue
+        seen.add(module)
+        for name in first_party[module]:
+            top = name.split(".")[0]
+            if top in ("service", "models"):
+                todo.extend(n for n in (name, name.rsplit(".", 1)[0]) if n in first_party)
+            elif top not in sys.stdlib_module_names and top != "bench":
+                third.add(top)
+    return third
+
+
+def test_the_server_needs_only_its_runtime_dependencies():
+    import re
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=!~ ]", d, maxsplit=1)[0].strip() for d in project["dependencies"]}
+    importable = {IMPORT_NAMES.get(d, d.replace("-", "_")) for d in declared}
+    missing = {n for n in runtime_imports() - OPTIONAL if PROVIDED_BY.get(n, n) not in importable}
+    assert not missing, f"the server imports {sorted(missing)}, which pyproject.toml's dependencies do not list"

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
-from svc_helpers import TINY, free_port, jpeg_bytes, metric_value
+from svc_helpers import JPEG, TINY, free_port, jpeg_bytes, metric_value
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,7 +47,8 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path):
             payload = jpeg_bytes(seed=2)
             with concurrent.futures.ThreadPoolExecutor(4) as pool:
                 inflight = [
-                    pool.submit(httpx.post, f"{url}/v1/classify", content=payload, timeout=60) for _ in range(4)
+                    pool.submit(httpx.post, f"{url}/v1/classify", content=payload, headers=JPEG, timeout=60)
+                    for _ in range(4)
                 ]
                 wait_until = time.monotonic() + 20
                 while metric_value(client.get("/metrics").text, "sait_inflight_requests") < 4:
@@ -56,7 +57,7 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path):
                 proc.send_signal(signal.SIGTERM)
                 time.sleep(0.2)
                 assert client.get("/v2/health/ready").status_code == 503
-                late = client.post("/v1/classify", content=payload)
+                late = client.post("/v1/classify", content=payload, headers=JPEG)
                 assert late.status_code == 503 and "shutting down" in late.json()["error"]
                 results = [f.result(timeout=60) for f in inflight]
         assert [r.status_code for r in results] == [200] * 4
@@ -115,3 +116,17 @@ def test_cli_card_for_other_weights_exits_with_one_line(capsys, tmp_path, tiny_m
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "measured with weights sha256 000000000000" in lines[0]
     assert "SAIT_LEVEL_CARD=none" in lines[0]
+
+
+def test_cli_unusable_keys_or_tls_files_exit_with_one_line(capsys, tmp_path):
+    from service.__main__ import main
+
+    keys = tmp_path / "keys"
+    keys.write_text("too-short\n")
+    for argv, message in [
+        (["--api-keys-file", str(keys)], "SAIT_API_KEYS_FILE"),
+        (["--tls-cert-file", str(tmp_path / "c.pem"), "--tls-key-file", str(tmp_path / "k.pem")], "SAIT_TLS"),
+    ]:
+        assert main(["--model", "vit_tiny_test", "--device", "cpu", *argv]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines

@@ -89,3 +89,46 @@ def test_check_target_is_loopback_only_by_default():
         check_target("ftp://127.0.0.1")
     with pytest.raises(TargetError, match="plain http"):
         check_target("https://127.0.0.1:8443")
+
+
+def test_part_of_a_schedule_keeps_its_numbers_payloads_and_origin():
+    # A generator process sends requests 1 and 3 of a schedule: they keep those numbers,
+    # send payloads 1 and 3 (mod 2: both the second), and count from the origin it is given.
+    sent = []
+
+    def handler(request):
+        sent.append(request.content)
+        return httpx.Response(200, json={"level": "dense"})
+
+    scenario = Scenario.single(Dials(name="x"))
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url="http://t") as client:
+            return await run_open_loop(
+                client=client,
+                target=Target(),
+                arrivals_s=np.asarray([0.01, 0.03]),
+                dials=scenario.assign(2),
+                scenario=scenario,
+                payloads=PAYLOADS,
+                indices=[1, 3],
+                start_s=time.perf_counter() + 0.2,  # later than the default lead
+            )
+
+    results = asyncio.run(go())
+    assert [r.index for r in results] == [1, 3]
+    assert sent == [PAYLOADS[1].jpeg, PAYLOADS[1].jpeg] != [PAYLOADS[0].jpeg] * 2
+    # Sent on the given origin: not early (a lag of about -150 ms if it used the default lead).
+    assert all(r.outcome == "ok" and -5 < r.send_lag_ms < 100 for r in results)
+    with pytest.raises(ValueError, match="one index per arrival"):
+        asyncio.run(
+            run_open_loop(
+                client=None,
+                target=Target(),
+                arrivals_s=np.asarray([0.0]),
+                dials=scenario.assign(1),
+                scenario=scenario,
+                payloads=PAYLOADS,
+                indices=[0, 1],
+            )
+        )

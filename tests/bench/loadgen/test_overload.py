@@ -110,3 +110,11 @@ def test_levels_found_in_config_and_card_accuracy():
     assert levels_of({"levels": ["dense"]}) == ["dense"] and levels_of({}) == []
     assert served_top1({"dense": 0.5, "l050": 0.5}, {"dense": 0.8, "l050": 0.7}) == 0.75
     assert math.isnan(served_top1({"l040": 1.0}, {"dense": 0.8}))
+
+
+def test_bad_procs_is_one_line_and_exit_2(capsys):
+    from bench.loadgen.overload import main
+
+    assert main(["--procs", "0", "--capacity-rps", "10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--procs must be 1..64" in err[0]

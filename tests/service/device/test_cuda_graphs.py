@@ -7,7 +7,7 @@ import torch
 
 from models import load_model
 from service.device.buckets import batch_buckets, pad_to_bucket
-from service.device.cuda_graphs import CudaGraphRunner, GraphKey, GraphPlan
+from service.device.cuda_graphs import CudaGraphRunner, GraphKey, GraphPlan, pool_segment_bytes
 from service.device.runner import InferenceStep
 
 
@@ -55,3 +55,20 @@ def test_padded_batch_equals_unpadded_on_eager(level):
     torch.testing.assert_close(probs_p[:3], probs_u, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(values_p[:3], values_u, rtol=1e-5, atol=1e-6)
     assert torch.equal(idx_p[:3], idx_u)
+
+
+def test_graph_memory_counts_only_its_own_pool_on_its_device():
+    # What torch.cuda.memory_snapshot() lists: segments of the default pool (0, 0), of this
+    # bank's pool, of another runner's pool, and of this pool on another device.
+    segments = [
+        {"device": 0, "segment_pool_id": (0, 0), "total_size": 2 << 20},
+        {"device": 0, "segment_pool_id": (1, 7), "total_size": 20 << 20},
+        {"device": 0, "segment_pool_id": (1, 7), "total_size": 2 << 20},
+        {"device": 0, "segment_pool_id": (1, 3), "total_size": 64 << 20},
+        {"device": 1, "segment_pool_id": (1, 7), "total_size": 8 << 20},
+    ]
+    assert pool_segment_bytes(segments, (1, 7), 0) == 22 << 20
+    assert pool_segment_bytes(segments, (1, 7), 1) == 8 << 20
+    # A second runner in one process: what the first left cached is freed by the capture's
+    # empty_cache(), so reserved memory can fall; the pool's own segments still count.
+    assert pool_segment_bytes(segments, (2, 1), 0) == 0

@@ -50,7 +50,13 @@ def server(card_path):
 
 
 def classify(server, **params):
-    return httpx.post(f"{server.url}/v1/classify", content=png_bytes(), params=params, timeout=60)
+    return httpx.post(
+        f"{server.url}/v1/classify",
+        content=png_bytes(),
+        params=params,
+        headers={"Content-Type": "image/png"},
+        timeout=60,
+    )
 
 
 def test_fixed_policy_serves_requests_without_a_dial(server):
@@ -171,3 +177,34 @@ def test_pretrained_deit_tiny_finds_the_packaged_card_by_hash(assets_dir):
     if card is None:
         pytest.skip("DeiT-Tiny is not in the Hugging Face cache HF_HOME names")
     assert card.model == "deit_tiny_patch16_224" and card.entry("dense").top1 == pytest.approx(79.83, abs=0.2)
+
+
+# -- SAIT_LEVELS=auto: the card's speed table for this device kind chooses the levels --------
+def _card_with_speed(kind: str):
+    from models.card import LevelCard
+
+    ips = {"dense": {"8": 100.0}, "l080": {"8": 102.0}, "l060": {"8": 140.0}, "l050": {"8": 150.0}}
+    return LevelCard.from_dict({**CARD, "speed": {kind: {"precision": "fp32", "images_per_s": ips}}})
+
+
+def test_auto_levels_come_from_the_speed_table_of_this_device_kind():
+    import torch
+
+    from models import load_model
+    from models.speed import device_kind
+    from service.engine.cards import requested_levels
+    from service.settings import load_settings
+
+    model = load_model(TINY, pretrained=False)
+    cpu = torch.device("cpu")
+    settings = load_settings(["--model", TINY, "--max-batch-size", "8"])
+    assert settings.levels == "auto"
+    # l080 is within the 5 % noise margin of dense: not offered; l050 is 7 % over l060: offered.
+    assert requested_levels(settings, model, _card_with_speed(device_kind(cpu)), cpu) == ("dense", "l060", "l050")
+    # No table for this kind of device (a GPU's only), or no card: every level.
+    assert requested_levels(settings, model, _card_with_speed("cuda:Some GPU"), cpu) is None
+    assert requested_levels(settings, model, None, cpu) is None
+    # 'all' and a list are what they say, whatever the card.
+    card = _card_with_speed(device_kind(cpu))
+    assert requested_levels(load_settings(["--levels", "all"]), model, card, cpu) is None
+    assert requested_levels(load_settings(["--levels", "dense,l080"]), model, card, cpu) == ("dense", "l080")

@@ -86,12 +86,16 @@ def test_infer_serves_at_the_chosen_level_and_accounts_once(engine):
     assert result.decision.level == "l050" and result.decision.reason == "density" and len(result.items) == 2
     assert result.top_k == 3 and len(result.items[0].top(3)[1]) == 3 and result.deadline_met
     assert engine.pending() == 0
-    body, _ = engine.render_metrics()
+    body, _ = asyncio.run(engine.render_metrics())
     text = body.decode()
     assert metric_value(text, "sait_requests_total", api="v2", level="l050", outcome="ok") == 1
     assert metric_value(text, "sait_inflight_requests") == 0
-    stats = engine.stats("1")
+    stats = asyncio.run(engine.stats("1"))
     assert stats["inference_stats"]["success"]["count"] == 1 and stats["inference_count"] >= 2
+    # The timeline the page draws saw the arrival (2 images) and the answer, once each.
+    live = asyncio.run(engine.timeline())
+    assert sum(s["arrived"] for s in live) == 1 and sum(s["arrived_images"] for s in live) == 2
+    assert sum(s["served"].get("l050", 0) for s in live) == 1 and sum(s["met"] for s in live) == 1
 
 
 def test_drain_refuses_new_requests(engine):

@@ -7,7 +7,7 @@ import concurrent.futures
 import time
 
 import httpx
-from svc_helpers import TINY, free_port, jpeg_bytes, metric_value
+from svc_helpers import JPEG, TINY, free_port, jpeg_bytes, metric_value
 
 
 def test_failed_warm_up_never_turns_ready_and_liveness_fails():
@@ -48,7 +48,7 @@ def test_failed_warm_up_never_turns_ready_and_liveness_fails():
             assert "simulated" in engine.failed
             assert client.get("/v2/health/ready").status_code == 503
             assert client.get("/v2/health/live").status_code == 503
-            r = client.post("/v1/classify", content=b"x")
+            r = client.post("/v1/classify", content=b"x", headers={"Content-Type": "image/jpeg"})
             assert r.status_code == 503 and "not ready" in r.json()["error"]
     finally:
         server.should_exit = True
@@ -65,7 +65,9 @@ def test_concurrent_requests_form_batches(server, http):
     before = server.engine.worker.batches_run
 
     def one(_):
-        return httpx.post(f"{server.url}/v1/classify", content=payload, params={"density": "dense"}, timeout=60)
+        return httpx.post(
+            f"{server.url}/v1/classify", content=payload, params={"density": "dense"}, headers=JPEG, timeout=60
+        )
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         responses = list(pool.map(one, range(16)))
@@ -78,10 +80,10 @@ def test_concurrent_requests_form_batches(server, http):
 def test_metric_families(http):
     # One request of each kind, so that the counters below hold whatever ran before.
     photo = jpeg_bytes(seed=4)
-    assert http.post("/v1/classify", content=photo, params={"density": "dense"}).status_code == 200
+    assert http.post("/v1/classify", content=photo, params={"density": "dense"}, headers=JPEG).status_code == 200
     v2 = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(photo).decode()]}]}
     assert http.post(f"/v2/models/{TINY}/infer", json=v2).status_code == 200
-    assert http.post("/v1/classify", content=b"not an image").status_code == 400
+    assert http.post("/v1/classify", content=b"not an image", headers=JPEG).status_code == 400
     text = http.get("/metrics").text
     for family in (
         "sait_requests_total",

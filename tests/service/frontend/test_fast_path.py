@@ -9,7 +9,7 @@ import pytest
 from svc_helpers import TINY, jpeg_bytes, running_server
 
 from service.frontend import v1
-from service.frontend.fast_path import FastInference, _handler, _route_path
+from service.frontend.fast_path import FastInference, _handler, route_path
 
 
 @pytest.mark.parametrize(
@@ -30,8 +30,8 @@ def test_only_the_inference_paths_are_routed(path, routed):
 
 
 def test_route_path_drops_the_root_path():
-    assert _route_path({"path": "/api/v1/classify", "root_path": "/api"}) == "/v1/classify"
-    assert _route_path({"path": "/v1/classify", "root_path": ""}) == "/v1/classify"
+    assert route_path({"path": "/api/v1/classify", "root_path": "/api"}) == "/v1/classify"
+    assert route_path({"path": "/v1/classify", "root_path": ""}) == "/v1/classify"
 
 
 def _uint8_body(n: int, params: dict) -> tuple[bytes, dict]:

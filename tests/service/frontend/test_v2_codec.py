@@ -122,6 +122,39 @@ BAD_REQUESTS = [
     ),
     ("header length past body", b"{}", "99", "body has 2 bytes"),
     ("header length not a number", b"{}", "x", "must be an integer"),
+    # Issue 20, item 1: each was a 500.
+    ("nested 100000 deep", b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}", None, "SAIT_MAX_JSON_DEPTH"),
+    (
+        "BYTES data nested 985 deep",
+        json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES"}]}).encode()[:-3]
+        + b', "data": '
+        + b"[" * 985
+        + b'"eA=="'
+        + b"]" * 985
+        + b"}]}",
+        None,
+        "SAIT_MAX_JSON_DEPTH",
+    ),
+    ("a 5000-digit top_k", b'{"parameters": {"top_k": ' + b"9" * 5000 + b"}}", None, "SAIT_MAX_NUMBER_DIGITS"),
+    (
+        "a UINT8 value of 2**70",
+        json.dumps(
+            {"inputs": [{"name": "pixels", "shape": [1, 3, 224, 224], "datatype": "UINT8", "data": [2**70]}]}
+        ).encode(),
+        None,
+        "integers 0..255",
+    ),
+    (
+        "an output twice",
+        json.dumps(
+            {
+                "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["eA=="]}],
+                "outputs": [{"name": "probabilities"}] * 400,
+            }
+        ).encode(),
+        None,
+        "requested twice",
+    ),
 ]
 
 
@@ -189,3 +222,16 @@ def test_response_binary_json_and_classification():
     assert not headers and media == "application/json"
     assert [o["name"] for o in doc["outputs"]] == ["probabilities", "top_k_indices"]
     assert doc["outputs"][1]["data"] == [1, 2, 0, 2]
+
+
+def test_nested_data_is_flattened_without_recursion():
+    from service.frontend.v2_codec import _flatten
+
+    deep: list = ["leaf"]
+    for _ in range(5000):  # far past Python's recursion limit
+        deep = [deep, 1]
+    flat = _flatten(deep)
+    assert flat[0] == "leaf" and flat[1:] == [1] * 5000
+    assert _flatten([[1, [2, [3]]], 4, [], [[5]]]) == [1, 2, 3, 4, 5]
+    ok = b'{"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES", "data": [["eA=="]]}]}'
+    assert parse_infer_request(ok, None, input_size=SIZE, max_batch_size=8).images == [b"x"]
