@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from models.device import DeviceUnavailable, resolve_device
 from models.evalset import EvalSetError, decode_items, read_labels
+from models.fingerprint import weights_fingerprint
 from models.levels import DENSE
 from models.loader import load_model
 from models.machine import cpu_model
@@ -133,6 +134,41 @@ def evaluate(
     return rows
 
 
+def evaluate_set(
+    model: SparseViT,
+    images: str | Path,
+    labels_csv: str | Path,
+    *,
+    levels: list[str],
+    batch_size: int,
+    device: torch.device,
+    limit: int | None = None,
+    progress: bool = True,
+) -> tuple[list[dict], int]:
+    """Decode one labelled folder and measure `levels` on it: (rows as `evaluate` returns them, images)."""
+    items = read_labels(images, labels_csv, limit=limit)
+    crops, labels = decode_items(items, model.data_config, progress=progress)
+    rows = evaluate(model, crops, labels, levels=levels, batch_size=batch_size, device=device, progress=progress)
+    return rows, len(labels)
+
+
+def run_record(
+    *, model: str, weights: str | None, device: torch.device, images: str | Path, n: int, batch_size: int, command: str
+) -> dict:
+    """What a run's JSON says besides its rows: the model, which weights (file and sha256), where, how."""
+    fingerprint = weights_fingerprint(model, weights)
+    return {
+        "model": model,
+        "weights": weights or "pretrained",
+        **(fingerprint.as_dict() if fingerprint else {}),
+        "device": device_description(device),
+        "images": n,
+        "dataset": Path(images).name,
+        "batch_size": batch_size,
+        "command": command,
+    }
+
+
 def format_table(rows: list[dict]) -> str:
     head = (
         f"{'level':<7} {'reducer':<14} {'GFLOPs':>7} {'ratio':>6} {'top1':>6} {'top5':>6} {'agree':>6} {'img/s':>8}"
@@ -201,30 +237,36 @@ def main(argv: list[str] | None = None) -> int:
             if not Path(out).parent.is_dir():
                 raise UsageError(f"output folder does not exist: {Path(out).parent}")
         device = resolve_device(args.device)
-        items = read_labels(args.images, args.labels, limit=args.limit)
+        read_labels(args.images, args.labels, limit=args.limit)  # a bad folder fails before the model loads
         model = load_model(args.model, weights=args.weights)
         levels = parse_levels(args.levels, model)
-        crops, labels = decode_items(items, model.data_config, progress=not args.quiet)
-        rows = evaluate(
-            model, crops, labels, levels=levels, batch_size=args.batch_size, device=device, progress=not args.quiet
+        rows, n = evaluate_set(
+            model,
+            args.images,
+            args.labels,
+            levels=levels,
+            batch_size=args.batch_size,
+            device=device,
+            limit=args.limit,
+            progress=not args.quiet,
+        )
+        result = run_record(
+            model=args.model,
+            weights=args.weights,
+            device=device,
+            images=args.images,
+            n=n,
+            batch_size=args.batch_size,
+            command="python -m models.evaluate " + shlex.join(argv),
         )
     except (UsageError, DeviceUnavailable, EvalSetError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = {
-        "model": args.model,
-        "weights": args.weights or "pretrained",
-        "device": device_description(device),
-        "images": len(labels),
-        "dataset": Path(args.images).name,
-        "batch_size": args.batch_size,
-        "command": "python -m models.evaluate " + shlex.join(argv),
-        "levels": rows,
-    }
+    result["levels"] = rows
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     print(format_table(rows))
     if args.plot:
-        plot(rows, args.plot, title=f"{args.model} on {result['dataset']} ({len(labels)} images, {result['device']})")
+        plot(rows, args.plot, title=f"{args.model} on {result['dataset']} ({n} images, {result['device']})")
     return 0
 
 

@@ -1,10 +1,15 @@
-"""Combine `models.evaluate --json` runs (one per evaluation set) into a level card.
+"""Make a level card: every level measured on the evaluation sets, for one weights file.
 
+    python -m models.make_card --model deit_tiny_patch16_224 --weights W.safetensors \
+        --sets ../shared/assets/imagenet-samples ../shared/assets/imagenet-val --out W.safetensors.card.json
     python -m models.make_card --runs samples.json val.json --out models/cards/deit_tiny_patch16_224.json
 
-Top-level `levels` hold the figures over all images of all runs (accuracy and agreement
-weighted by image count; images/s = all images / all model seconds); `datasets` keeps each
-run's own table and command.
+`--sets` evaluates each folder (its labels.csv) with models.evaluate, with progress bars;
+`--runs` combines `models.evaluate --json` runs made before. Top-level `levels` hold the
+figures over all images of all runs (accuracy and agreement weighted by image count; images/s
+= all images / all model seconds); `datasets` keeps each run's own table and command. The card
+names the weights it was measured with (`weights_sha256`, models.fingerprint): the service
+serves a card only with those weights. Without --weights, timm's pretrained weights (HF_HOME).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from pathlib import Path
 from models.machine import replace_block
 
 _STATIC = ("name", "reducer", "tokens_per_block", "gflops", "gflops_ratio")
+_WEIGHTS_KEYS = ("weights_sha256", "weights_source", "weights_file")
+DEFAULT_SETS = ("../shared/assets/imagenet-samples", "../shared/assets/imagenet-val")
 
 
 def combine(runs: list[dict]) -> dict:
@@ -30,6 +37,8 @@ def combine(runs: list[dict]) -> dict:
     for run in runs:
         if run["model"] != model or [r["name"] for r in run["levels"]] != names:
             raise ValueError(f"runs differ in model or levels: {run.get('dataset')}")
+    if len({run.get("weights_sha256") for run in runs}) > 1:
+        raise ValueError("runs were measured with different weights files (weights_sha256 differs)")
     total = sum(run["images"] for run in runs)
     levels = []
     for i, name in enumerate(names):
@@ -46,6 +55,7 @@ def combine(runs: list[dict]) -> dict:
         levels.append(entry)
     return {
         "model": model,
+        **{k: runs[0][k] for k in _WEIGHTS_KEYS if runs[0].get(k)},
         "device": runs[0]["device"],
         "batch_size": runs[0]["batch_size"],
         "images": total,
@@ -58,50 +68,113 @@ def combine(runs: list[dict]) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def measure_sets(
+    model_name: str, weights: str | None, sets: list[str], *, levels: str, batch_size: int, device: str, command: str
+) -> list[dict]:
+    """One `models.evaluate`-style run per folder (its labels.csv), all with the same loaded model."""
+    from models.device import resolve_device
+    from models.evaluate import UsageError, evaluate_set, parse_levels, run_record
+    from models.loader import load_model
+
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    dev = resolve_device(device)
+    model = load_model(model_name, weights=weights)
+    names = parse_levels(levels, model)
+    runs = []
+    for folder in sets:
+        rows, n = evaluate_set(
+            model, folder, Path(folder) / "labels.csv", levels=names, batch_size=batch_size, device=dev
+        )
+        record = run_record(
+            model=model_name, weights=weights, device=dev, images=folder, n=n, batch_size=batch_size, command=command
+        )
+        runs.append(record | {"levels": rows})
+    return runs
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m models.make_card", description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", nargs="+", help="JSON files written by models.evaluate --json")
-    p.add_argument("--out", help="card to write, e.g. models/cards/<model>.json")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--sets", nargs="+", help=f"evaluation folders, each with a labels.csv (e.g. {' '.join(DEFAULT_SETS)})"
+    )
+    src.add_argument("--runs", nargs="+", help="JSON files written by models.evaluate --json")
+    src.add_argument("--add-speed", metavar="CARD", help="measure the speed and add it to this card (no --sets/--runs)")
+    p.add_argument("--model", default="deit_tiny_patch16_224", help="timm model name (with --sets)")
+    p.add_argument("--weights", help="weights file (with --sets; default: timm's pretrained weights via HF_HOME)")
+    p.add_argument("--levels", default="all", help="all, or a comma list such as dense,l060 (with --sets)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="where to evaluate and time")
+    p.add_argument("--out", help="card to write: W.card.json beside the weights, or models/cards/")
     p.add_argument("--plot", help="also write a PNG of top-1 and agreement against GFLOPs")
     p.add_argument("--docs", help="also render the card's table into this markdown file (between card markers)")
     p.add_argument(
         "--speed", action="store_true", help="also measure every level's speed on --device and record it in the card"
     )
-    p.add_argument("--add-speed", metavar="CARD", help="measure the speed and add it to this card (no --runs)")
-    p.add_argument("--device", default="cpu", help="speed: where to measure (cpu, cuda, auto)")
     p.add_argument("--precision", default="auto", help="speed: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16")
     p.add_argument("--speed-batch-sizes", default="1,8,32", help="speed: comma list (the batches the server forms)")
     p.add_argument("--speed-min-time-s", type=float, default=0.5, help="speed: time per cell and round at least")
     p.add_argument("--speed-rounds", type=int, default=3, help="speed: interleaved rounds, samples pooled")
-    args = p.parse_args(argv)
-    command = "python -m models.make_card " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from models.device import DeviceUnavailable
+    from models.evalset import EvalSetError
+    from models.weights import WeightsError
+
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    command = "python -m models.make_card " + shlex.join(argv)
     try:
         if args.add_speed:
-            if args.runs:
-                raise ValueError("--add-speed updates an existing card; it takes no --runs")
             out = Path(args.add_speed)
             card = json.loads(out.read_text())
             add_speed(card, args, command)
         else:
-            if not (args.runs and args.out):
-                raise ValueError("give --runs and --out (or --add-speed CARD)")
+            if not ((args.sets or args.runs) and args.out):
+                raise ValueError("give --sets or --runs, and --out (or --add-speed CARD)")
             out = Path(args.out)
-            runs = [json.loads(Path(f).read_text()) for f in args.runs]
+            if not out.resolve().parent.is_dir():
+                raise ValueError(f"output folder does not exist: {out.parent}")
+            if args.runs:
+                runs = [json.loads(Path(f).read_text()) for f in args.runs]
+            else:
+                runs = measure_sets(
+                    args.model,
+                    args.weights,
+                    args.sets,
+                    levels=args.levels,
+                    batch_size=args.batch_size,
+                    device=args.device,
+                    command=command,
+                )
             card = combine(runs)
             add_ops(card)
             if args.speed:
                 add_speed(card, args, command)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        RuntimeError,
+        DeviceUnavailable,
+        EvalSetError,
+        WeightsError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out.write_text(json.dumps(card, indent=2) + "\n")
-    if args.plot and not args.add_speed:
+    print(f"wrote {out}: {card['images']} images, weights sha256 {card.get('weights_sha256', 'none')}")
+    if args.plot:
         from models.evaluate import plot
 
         sets = " + ".join(card["datasets"])
         plot(card["levels"], args.plot, title=f"{card['model']} on {sets} ({card['images']} images, {card['device']})")
     if args.docs:
-        replace_block(Path(args.docs), card_markdown(card, args.runs or []), begin=CARD_BEGIN, end=CARD_END)
+        replace_block(Path(args.docs), card_markdown(card, str(out), command), begin=CARD_BEGIN, end=CARD_END)
     return 0
 
 
@@ -198,7 +271,7 @@ def speed_markdown(card: dict) -> list[str]:
     return out
 
 
-def card_markdown(card: dict, runs: list[str]) -> str:
+def card_markdown(card: dict, path: str, command: str) -> str:
     """The card's combined table, with where and how it was measured."""
     dense = next(lv for lv in card["levels"] if lv["name"] == "dense")
     rows = [
@@ -216,10 +289,9 @@ def card_markdown(card: dict, runs: list[str]) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows += speed_markdown(card)
     head = (
-        f"Rendered from `models/cards/{card['model']}.json` ({card['images']} images: "
+        f"Rendered from `{path}` ({card['images']} images: "
         f"{', '.join(card['datasets'])}; {card['device']}; batch {card['batch_size']}) by "
-        f"`python -m models.make_card --runs {' '.join(runs)} --docs ...`, {stamp}, after the "
-        f"`models.evaluate` commands recorded in the card."
+        f"`{command}`, {stamp}; the evaluation commands are recorded in the card."
     )
     return "\n".join([CARD_BEGIN, head, "", *rows, CARD_END])
 

@@ -37,7 +37,11 @@ class Settings(BaseSettings):
     model: str = Field("deit_tiny_patch16_224", description="timm model name (or vit_tiny_test)")
     weights: str | None = Field(None, description="local .safetensors/.pth; else pretrained via HF_HOME")
     served_model_name: str | None = Field(None, description="name in /v2/models/{name} (default: the model)")
-    level_card: str | None = Field(None, description="level card JSON (default: the packaged card)")
+    level_card: str | None = Field(
+        None,
+        description="level card JSON, or 'none' to serve without accuracy figures (default: the served "
+        "weights' card: <weights>.card.json beside them, else models/cards/ by their sha256)",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda")
     levels: str = Field(
         "auto",

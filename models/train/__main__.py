@@ -29,12 +29,37 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--clip-grad", type=float, default=d.clip_grad)
     p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--dense-kd-weight", type=float, default=d.dense_kd_weight, help="weight of the dense level's KL")
+    p.add_argument(
+        "--dense-ce",
+        action=argparse.BooleanOptionalAction,
+        default=d.dense_ce,
+        help="cross-entropy on the dense level too (default %(default)s)",
+    )
+    p.add_argument(
+        "--sparse-target", default=d.sparse_target, choices=("teacher", "dense"), help="what sparse levels distil"
+    )
+    p.add_argument(
+        "--freeze-blocks",
+        type=int,
+        default=d.freeze_blocks,
+        help="keep the embedding and the first N blocks as they start (default %(default)s)",
+    )
     p.add_argument("--ce-weight", type=float, default=d.ce_weight)
     p.add_argument("--token-weight", type=float, default=d.token_weight, help="0 turns the token-score term off")
     p.add_argument("--teacher-attn-block", type=int, default=d.teacher_attn_block)
     p.add_argument("--levels", default=None, help="comma list of levels to train (default: all)")
     p.add_argument("--random-levels", type=int, default=d.random_levels)
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="eval transform, no augmentation")
+    p.add_argument(
+        "--data",
+        default=d.data,
+        choices=("memory", "loader"),
+        help="memory: pool decoded once, augmented on the device; loader: PIL per image (default %(default)s)",
+    )
+    p.add_argument("--pool-size", type=int, default=d.pool_size, help="side of the stored images (memory path)")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no augmentation")
+    p.add_argument("--rotate-deg", type=float, default=d.rotate_deg, help="largest rotation (memory path)")
+    p.add_argument("--color-jitter", type=float, default=d.color_jitter, help="colour-jitter strength (memory path)")
     p.add_argument("--auto-augment", default=d.auto_augment, help="timm auto-augment spec ('' for none)")
     p.add_argument("--crop-scale-min", type=float, default=d.crop_scale_min)
     p.add_argument("--mixup-alpha", type=float, default=d.mixup_alpha)
@@ -43,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
     p.add_argument("--save-every", type=int, default=d.save_every)
     p.add_argument("--export-dtype", default=d.export_dtype, choices=("fp16", "fp32"))
+    p.add_argument(
+        "--eval-sets",
+        nargs="+",
+        default=None,
+        help="labelled folders: measure every level of the exported weights there and write their card beside them",
+    )
+    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
@@ -52,20 +84,26 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     args = vars(_parser().parse_args(argv))
     if args["levels"]:
         args["levels"] = tuple(n.strip() for n in args["levels"].split(",") if n.strip())
+    if args["eval_sets"]:
+        args["eval_sets"] = tuple(args["eval_sets"])
     known = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in args.items() if k in known})
 
 
 def main(argv: list[str] | None = None) -> int:
+    import shlex
+
     from models import WeightsError
     from models.device import DeviceUnavailable
+    from models.evalset import EvalSetError
     from models.train.data import TrainDataError
     from models.train.loop import train
 
+    argv = sys.argv[1:] if argv is None else argv
     try:
         cfg = config_from_args(argv)
-        summary = train(cfg)
-    except (ValueError, KeyError, WeightsError, TrainDataError, DeviceUnavailable) as exc:
+        summary = train(cfg, command="python -m models.train " + shlex.join(argv))
+    except (ValueError, KeyError, WeightsError, TrainDataError, EvalSetError, DeviceUnavailable) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return 2

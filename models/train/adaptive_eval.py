@@ -125,13 +125,39 @@ def summarize(model: SparseViT, preds, buckets, labels, routers) -> list[dict]:
     return rows
 
 
+def versus_fixed(rows: list[dict]) -> list[dict]:
+    """Each adaptive row's top-1 and agreement minus the fixed levels' curve at its mean GFLOPs.
+
+    The curve joins neighbouring fixed levels by straight lines (what mixing two levels in the
+    right proportion would give); positive means adaptive routing beats the fixed levels.
+    """
+    fixed = sorted((r for r in rows if r["kind"] == "fixed"), key=lambda r: r["gflops"])
+    for r in rows:
+        if r["kind"] != "adaptive":
+            continue
+        g = min(max(r["gflops"], fixed[0]["gflops"]), fixed[-1]["gflops"])
+        hi = next(i for i, f in enumerate(fixed) if f["gflops"] >= g)
+        lo = max(hi - 1, 0)
+        a, b = fixed[lo], fixed[hi]
+        t = 0.0 if b["gflops"] == a["gflops"] else (g - a["gflops"]) / (b["gflops"] - a["gflops"])
+        for key in ("top1", "agreement"):
+            r[f"{key}_vs_fixed"] = r[key] - (a[key] + t * (b[key] - a[key]))
+    return rows
+
+
 def format_table(rows: list[dict]) -> str:
-    lines = ["| setting | GFLOPs | ratio | top-1 % | agreement | images per level |", "|---|---|---|---|---|---|"]
+    versus_fixed(rows)
+    lines = [
+        "| setting | GFLOPs | ratio | top-1 % | agreement | top-1 vs fixed curve | agreement vs fixed curve "
+        "| images per level |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         share = ", ".join(f"{k} {v:.0%}" for k, v in r.get("level_share", {}).items() if v > 0) or "-"
+        vs = f"{r['top1_vs_fixed']:+.2f} | {r['agreement_vs_fixed']:+.4f}" if "top1_vs_fixed" in r else "- | -"
         lines.append(
             f"| {r['name']} | {r['gflops']:.3f} | {r['gflops_ratio']:.3f} | {r['top1']:.2f} | "
-            f"{r['agreement']:.4f} | {share} |"
+            f"{r['agreement']:.4f} | {vs} | {share} |"
         )
     return "\n".join(lines)
 

@@ -1,19 +1,30 @@
 """The level card as the engine reads it: which card serves, and what it says per level.
 
 The card (models.card) holds each level's measured accuracy and agreement with dense; the
-controller's `min_accuracy` dial and every response's level facts come from it.
+controller's `min_accuracy` dial and every response's level facts come from it. A card is true
+of the weights it was measured with only, so the engine serves the card of the weights it
+serves: `SAIT_LEVEL_CARD`, else `<weights>.card.json` beside the weights file, else the card
+under models/cards/ with the weights' sha256. A card made for other weights stops the start
+(one line, exit 2); `SAIT_LEVEL_CARD=none` serves without accuracy figures, and so does a
+server that finds no card (then `min_accuracy` is refused with 400).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from models.card import CardEntry, LevelCard, choose_levels, decisive_batch, speed_for
+from models.card import CardEntry, LevelCard, card_beside, choose_levels, decisive_batch, speed_for
+from models.fingerprint import Fingerprint, weights_fingerprint
 from models.speed import device_kind
+from models.weights import WeightsError
 from service.settings import Settings
+
+# SAIT_LEVEL_CARD=none: serve without accuracy figures.
+NO_CARD = "none"
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +52,82 @@ class LevelFacts:
 
 
 def load_card(settings: Settings) -> LevelCard | None:
-    """SAIT_LEVEL_CARD when given (must load), else the packaged card if there is one."""
+    """The card for the served weights, or None (no card, or SAIT_LEVEL_CARD=none); CardError when unusable."""
+    if settings.level_card and settings.level_card.strip().lower() == NO_CARD:
+        log.info("SAIT_LEVEL_CARD=none: serving without accuracy figures (min_accuracy requests are refused)")
+        return None
+    try:
+        served = weights_fingerprint(settings.model, settings.weights)
+    except WeightsError as exc:
+        # Pretrained weights timm fetched from elsewhere than the Hugging Face cache: no file to hash.
+        if settings.level_card:
+            raise CardError(f"cannot check SAIT_LEVEL_CARD against the served weights: {exc}") from None
+        log.warning("serving without a level card: cannot identify the served weights (%s)", exc)
+        return None
+    path, card = _find_card(settings, served)
+    if card is None:
+        log.warning(
+            "no level card for %s (weights %s): min_accuracy requests will be refused; make one with "
+            "`make card WEIGHTS=...` (python -m models.make_card) or set SAIT_LEVEL_CARD",
+            settings.model,
+            _describe(served),
+        )
+        return None
+    _check_card(card, path, settings.model, served)
+    log.info("level card %s (weights sha256 %s)", path, (card.weights_sha256 or "not recorded")[:12])
+    return card
+
+
+def _find_card(settings: Settings, served: Fingerprint | None) -> tuple[Path | None, LevelCard | None]:
     if settings.level_card:
+        path = Path(settings.level_card)
         try:
-            return LevelCard.load(settings.level_card)
+            return path, LevelCard.load(path)
         except (OSError, ValueError) as exc:
             raise CardError(f"invalid setting SAIT_LEVEL_CARD: {exc}") from None
-    try:
-        card = LevelCard.for_model(settings.model)
-    except FileNotFoundError:
-        log.info("no level card for %s: min_accuracy requests will be refused (set SAIT_LEVEL_CARD)", settings.model)
-        return None
-    except ValueError as exc:
-        log.warning("packaged level card for %s is unusable (%s); serving without one", settings.model, exc)
-        return None
-    return card
+    if settings.weights:
+        beside = card_beside(settings.weights)
+        if beside.is_file():
+            try:
+                return beside, LevelCard.load(beside)
+            except (OSError, ValueError) as exc:
+                raise CardError(f"unusable level card beside the weights: {exc}") from None
+    if served is not None:
+        found = LevelCard.for_weights(settings.model, served.sha256)
+        if found is not None:
+            card, path = found
+            return path, card
+    return None, None
+
+
+def _check_card(card: LevelCard, path: Path | None, model: str, served: Fingerprint | None) -> None:
+    """CardError unless `card` was measured with this model and these very weights."""
+    if card.model and card.model != model:
+        raise CardError(
+            f"level card {path} is for model {card.model}, not the served {model}: name the served model's card "
+            f"or serve without accuracy figures (SAIT_LEVEL_CARD=none)"
+        )
+    made_for = card.weights_sha256
+    if served is None:
+        if made_for:
+            raise CardError(
+                f"level card {path} was measured with weights sha256 {made_for[:12]}…, but {model} runs with "
+                f"random weights; serve those weights, or set SAIT_LEVEL_CARD=none"
+            )
+        return
+    if made_for != served.sha256:
+        measured = f"with weights sha256 {made_for[:12]}…" if made_for else "without naming its weights"
+        raise CardError(
+            f"level card {path} was measured {measured}, but the served weights are {_describe(served)}: "
+            f"make their card (make card WEIGHTS={served.path}) or serve without accuracy figures "
+            f"(SAIT_LEVEL_CARD=none)"
+        )
+
+
+def _describe(served: Fingerprint | None) -> str:
+    if served is None:
+        return "random (no file)"
+    return f"{served.path} (sha256 {served.sha256[:12]}…)"
 
 
 def card_entry(card: LevelCard | None, name: str) -> CardEntry | None:

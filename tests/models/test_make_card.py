@@ -1,15 +1,93 @@
-"""models.make_card: operator counts and a speed table per device kind, added to a card."""
+"""`python -m models.make_card`: a card measured on labelled folders, naming its weights file; operator
+counts and a speed table per device kind added to a card."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
 import torch
+from PIL import Image
+from safetensors.torch import save_file
 
-from models import load_model
-from models.card import LevelCard, speed_for
+from models import TINY_TEST_MODEL, load_model
+from models.card import LevelCard, card_beside, speed_for
+from models.fingerprint import file_sha256
 from models.make_card import main
 from models.speed import device_kind
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def labelled_folder(root, name: str, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    folder = root / name
+    folder.mkdir()
+    rows = ["filename,class_index"]
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (80 + 8 * i, 96, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        rows.append(f"{i}.png,{i * 11}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.fixture()
+def sets(tmp_path):
+    return labelled_folder(tmp_path, "set-a", 3, 0), labelled_folder(tmp_path, "set-b", 2, 1)
+
+
+@pytest.fixture()
+def weights(tmp_path, tiny_model):
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_model.timm_model.state_dict().items()}, str(path))
+    return path
+
+
+def test_sets_make_a_card_that_names_its_weights(sets, weights, tiny_model, capsys):
+    out = card_beside(weights)
+    argv = ["--model", TINY_TEST_MODEL, "--weights", str(weights), "--sets", *map(str, sets)]
+    assert main([*argv, "--levels", "dense,l050", "--batch-size", "2", "--out", str(out)]) == 0
+    card = json.loads(out.read_text())
+    assert card["weights_sha256"] == file_sha256(weights) and card["weights_source"] == "file"
+    assert card["images"] == 5 and set(card["datasets"]) == {"set-a", "set-b"}
+    assert [d["images"] for d in card["datasets"].values()] == [3, 2]
+    assert all(c.startswith("python -m models.make_card --model vit_tiny_test") for c in card["commands"])
+    loaded = LevelCard.load(out)
+    assert loaded.weights_sha256 == card["weights_sha256"] and [e.name for e in loaded.levels] == ["dense", "l050"]
+    assert loaded.entry("dense").agreement == 1.0
+    assert loaded.entry("l050").gflops == pytest.approx(tiny_model.level("l050").gflops, abs=1e-4)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_runs_of_different_weights_are_not_combined(tmp_path, capsys):
+    run = {"model": "m", "device": "cpu", "batch_size": 2, "images": 1, "command": "x", "levels": []}
+    paths = []
+    for i, sha in enumerate(("a" * 64, "b" * 64)):
+        paths.append(tmp_path / f"run{i}.json")
+        paths[-1].write_text(json.dumps(run | {"dataset": f"d{i}", "weights_sha256": sha}))
+    assert main(["--runs", *map(str, paths), "--out", str(tmp_path / "card.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "different weights" in err and "\n" not in err
+    assert not (tmp_path / "card.json").exists()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("--weights", "/nonexistent/w.safetensors"), "weights file not found"),
+        (("--levels", "l042"), "unknown level"),
+        (("--out", "/nonexistent/dir/card.json"), "output folder does not exist"),
+        (("--sets", "/nonexistent/set"), "images folder not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(sets, tmp_path, capsys, change, message):
+    values = {"--model": TINY_TEST_MODEL, "--sets": str(sets[0]), "--out": str(tmp_path / "card.json")}
+    values[change[0]] = change[1]
+    assert main([a for kv in values.items() for a in kv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+
 
 TINY = "vit_tiny_test"
 
@@ -61,6 +139,6 @@ def test_card_gets_operator_counts_and_this_devices_speed(tmp_path):
 
 def test_bad_arguments_are_one_line(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "x.json")]) == 2
-    assert "give --runs and --out" in capsys.readouterr().err
+    assert "give --sets or --runs, and --out" in capsys.readouterr().err
     assert main(["--add-speed", str(tmp_path / "missing.json")]) == 2
     assert capsys.readouterr().err.startswith("error: ")

@@ -100,6 +100,24 @@ def test_cli_without_any_weights_says_how_to_provide_them(tmp_path):
     assert "HF_HOME" in lines[0] and "--weights" in lines[0]
 
 
+def test_cli_card_for_other_weights_exits_with_one_line(capsys, tmp_path, tiny_model):
+    from safetensors.torch import save_file
+
+    from models.card import card_beside
+    from service.__main__ import main
+
+    weights = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_model.timm_model.state_dict().items()}, str(weights))
+    card_beside(weights).write_text(
+        '{"model": "vit_tiny_test", "weights_sha256": "' + "0" * 64 + '", "levels": '
+        '[{"name": "dense", "gflops": 0.1, "gflops_ratio": 1.0, "top1": 80.0}]}'
+    )
+    assert main(["--model", "vit_tiny_test", "--weights", str(weights)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "measured with weights sha256 000000000000" in lines[0]
+    assert "SAIT_LEVEL_CARD=none" in lines[0]
+
+
 def test_cli_unusable_keys_or_tls_files_exit_with_one_line(capsys, tmp_path):
     from service.__main__ import main
 

@@ -48,7 +48,7 @@ def make_cfg(pool):
             export_dtype="fp32",
             progress=False,
             device="cpu",
-            auto_augment="rand-m9-mstd0.5-inc1",
+            auto_augment="rand-m9-mstd0.5-inc1-mmax9",
             token_weight=0.5,
             mixup_alpha=0.4,
         )

@@ -62,3 +62,18 @@ def test_adaptive_eval_rows_limits_and_check(tmp_path):
 def test_adaptive_eval_bad_folder_is_one_line(tmp_path, capsys):
     assert main(["--model", "vit_tiny_test", "--sets", str(tmp_path / "none"), "--cache-dir", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_adaptive_rows_are_compared_with_the_fixed_levels_joined_by_lines():
+    from models.train.adaptive_eval import versus_fixed
+
+    rows = [
+        {"name": "dense", "kind": "fixed", "gflops": 1.0, "top1": 80.0, "agreement": 1.0},
+        {"name": "l050", "kind": "fixed", "gflops": 0.5, "top1": 70.0, "agreement": 0.8},
+        {"name": "a", "kind": "adaptive", "gflops": 0.75, "top1": 76.0, "agreement": 0.88},  # line: 75, 0.9
+        {"name": "b", "kind": "adaptive", "gflops": 0.4, "top1": 69.0, "agreement": 0.8},  # below: held at l050
+    ]
+    versus_fixed(rows)
+    assert rows[2]["top1_vs_fixed"] == 1.0 and abs(rows[2]["agreement_vs_fixed"] + 0.02) < 1e-12
+    assert rows[3]["top1_vs_fixed"] == -1.0 and rows[3]["agreement_vs_fixed"] == 0.0
+    assert "top1_vs_fixed" not in rows[0]

@@ -42,3 +42,28 @@ def test_mixup_takes_what_timms_refuses():
     assert not torch.equal(*draws)
     mixed, (partner, lam) = mixup(x, torch.tensor([1, UNLABELED, 3]), 0.3)
     assert mixed.shape == x.shape and partner.tolist() == [3, UNLABELED, 1] and lam == 0.3
+
+
+def test_the_default_randaugment_never_asks_pillow_for_a_zero_bit_posterize(tmp_path):
+    """timm's increasing posterize keeps 0 bits at magnitude 10; Pillow refuses that with an error, so the
+    default spec caps the magnitude at 9 (mmax9). These seeds draw magnitude 10 and a posterize."""
+    from PIL import Image
+
+    from models.preprocess import DataConfig
+    from models.train.config import TrainConfig
+    from models.train.data import SeededImages, build_transform
+
+    path = tmp_path / "px.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+    cfg = DataConfig(input_size=(3, 32, 32))
+
+    def images(spec: str) -> SeededImages:
+        return SeededImages([(path, 1)], build_transform(cfg, augment=True, auto_augment=spec, crop_scale_min=0.25))
+
+    uncapped = images("rand-m9-mstd0.5-inc1")
+    for seed in (234, 483):
+        with pytest.raises(ValueError, match="bits must be"):
+            uncapped[(0, seed)]
+    default = images(TrainConfig.auto_augment)
+    for seed in range(1500):
+        assert default[(0, seed)][0].shape == (3, 32, 32)

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from models import load_model
@@ -158,3 +159,109 @@ def test_two_steps_on_cuda_in_bf16(make_cfg, tmp_path):
     summary = train(make_cfg(tmp_path / "gpu", device="cuda", max_steps=2))
     assert summary["finished"] and np.isfinite(summary["last"]["loss"])
     assert summary["last"]["kd"]["dense"] < 0.05  # bf16 student still close to its fp32 teacher
+
+
+def _perturbed_trainer(make_cfg, out, **kw) -> Trainer:
+    """A trainer whose student's dense output no longer equals the teacher's (its head bias moved)."""
+    trainer = Trainer(make_cfg(out, random_levels=0, mixup_alpha=0.0, **kw))
+    with torch.no_grad():
+        trainer.student.timm_model.head.bias.add_(torch.linspace(-2, 2, 1000))
+    return trainer
+
+
+def _one_batch(trainer: Trainer):
+    return next(iter(trainer.batches(0, 0)))
+
+
+@pytest.mark.parametrize("dense_kd_weight, dense_ce", [(0.0, False), (3.0, False), (1.0, True)])
+def test_the_dense_levels_loss_is_its_weighted_kl_and_ce_only_when_asked(make_cfg, tmp_path, dense_kd_weight, dense_ce):
+    trainer = _perturbed_trainer(
+        make_cfg, tmp_path / "w", dense_kd_weight=dense_kd_weight, dense_ce=dense_ce, token_weight=0.0, ce_weight=5.0
+    )
+    record = trainer.train_step(*_one_batch(trainer))
+    kd, ce = record["kd"], record["ce_by_level"]
+    assert record["levels"] == ["dense", "l040"] and kd["dense"] > 0.01 and ce["dense"] > 0.1
+    dense_loss = dense_kd_weight * kd["dense"] + (5.0 * ce["dense"] if dense_ce else 0.0)
+    assert record["loss"] == pytest.approx((dense_loss + kd["l040"] + 5.0 * ce["l040"]) / 2, rel=1e-5)
+
+
+def test_sparse_levels_can_distil_the_students_own_dense_output(make_cfg, tmp_path):
+    from models.train.losses import distill_kl
+
+    kds = {}
+    for target in ("teacher", "dense"):
+        trainer = _perturbed_trainer(make_cfg, tmp_path / target, sparse_target=target, token_weight=0.0)
+        x, labels = _one_batch(trainer)
+        with torch.no_grad():
+            student_dense = trainer.student(x, level="dense")
+            sparsest = trainer.student(x, level="l040")
+            teacher = trainer.teacher(x, level="dense")
+        kds[target] = trainer.train_step(x, labels)["kd"]["l040"]
+        reference = {"teacher": teacher, "dense": student_dense}[target]
+        assert kds[target] == pytest.approx(distill_kl(sparsest, reference, 1.0).item(), rel=1e-4)
+    assert kds["teacher"] != pytest.approx(kds["dense"], rel=1e-3)
+
+
+def test_the_loader_path_still_trains(make_cfg, tmp_path):
+    summary = train(make_cfg(tmp_path / "loader", data="loader", max_steps=2))
+    assert summary["finished"] and np.isfinite(summary["last"]["loss"])
+    assert _history(tmp_path / "loader")[0]["kd"]["dense"] < 1e-5
+
+
+def test_one_command_trains_exports_and_writes_the_card_of_the_exported_file(pool, tmp_path, capsys):
+    """What the GPU run does in one go, on the tiny model: train, export, measure every level, card."""
+    from models.card import LevelCard, card_beside
+    from models.fingerprint import file_sha256
+    from service.engine.cards import load_card
+    from service.settings import Settings
+
+    sets = []
+    for name, n in (("set-a", 3), ("set-b", 2)):
+        folder = tmp_path / name
+        folder.mkdir()
+        for i in range(n):
+            Image.fromarray(np.full((40, 50, 3), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+        (folder / "labels.csv").write_text("filename,class_index\n" + "".join(f"{i}.png,{i}\n" for i in range(n)))
+        sets.append(str(folder))
+    out = tmp_path / "run"
+    argv = ["--model", "vit_tiny_test", "--data-dir", str(pool), "--out-dir", str(out), "--batch-size", "3"]
+    argv += ["--max-steps", "3", "--warmup-steps", "1", "--num-workers", "2", "--no-progress", "--device", "cpu"]
+    assert main([*argv, "--eval-sets", *sets, "--eval-batch-size", "4"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    weights = out / "model.safetensors"
+    assert summary["card"] == str(card_beside(weights)) and summary["train_s"] <= summary["wall_s"]
+    card = LevelCard.load(card_beside(weights))
+    assert card.weights_sha256 == file_sha256(weights) and card.source["images"] == 5
+    assert set(card.source["datasets"]) == {"set-a", "set-b"}
+    assert card.source["commands"][0].startswith("python -m models.train --model vit_tiny_test")
+    assert [e.name for e in card.levels] == list(load_model("vit_tiny_test").levels)
+    served = load_card(Settings(model="vit_tiny_test", weights=str(weights), device="cpu"))
+    assert served is not None and served.weights_sha256 == card.weights_sha256
+
+
+def test_missing_eval_sets_fail_before_training(pool, tmp_path, capsys):
+    argv = ["--model", "vit_tiny_test", "--data-dir", str(pool), "--out-dir", str(tmp_path / "x"), "--no-progress"]
+    assert main([*argv, "--eval-sets", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "images folder not found" in err and "\n" not in err
+    assert not (tmp_path / "x" / "checkpoint").exists()
+
+
+def test_a_frozen_prefix_keeps_its_start_and_leaves_the_optimizer(make_cfg, tmp_path):
+    trainer = _perturbed_trainer(make_cfg, tmp_path / "f", freeze_blocks=2, token_weight=0.0)
+    vit = trainer.student.timm_model
+    before = {k: v.clone() for k, v in vit.state_dict().items()}
+    trainer.train_step(*_one_batch(trainer))
+    after = vit.state_dict()
+    frozen = [k for k in before if k.startswith(("patch_embed.", "pos_embed", "cls_token", "blocks.0.", "blocks.1."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert not torch.equal(before["blocks.2.attn.qkv.weight"], after["blocks.2.attn.qkv.weight"])
+    in_optimizer = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    named = dict(vit.named_parameters())
+    assert not any(id(named[k]) in in_optimizer for k in frozen if k in named)
+    assert id(named["blocks.2.attn.qkv.weight"]) in in_optimizer
+
+
+def test_freezing_more_blocks_than_the_model_has_is_refused(make_cfg, tmp_path):
+    with pytest.raises(ValueError, match="freeze_blocks=7, but the model has 6 blocks"):
+        Trainer(make_cfg(tmp_path / "x", freeze_blocks=7))

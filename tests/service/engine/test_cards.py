@@ -1,12 +1,22 @@
-"""The accuracy dial through a level card (SAIT_LEVEL_CARD), a level subset, and a fixed policy."""
+"""The accuracy dial through a level card (SAIT_LEVEL_CARD), a level subset, and a fixed policy; which
+card serves which weights (beside the file, by hash, SAIT_LEVEL_CARD, none) and the refusal of a card
+made for other weights."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 import httpx
 import pytest
+from safetensors.torch import save_file
 from svc_helpers import TINY, png_bytes, running_server
+
+from models.card import card_beside
+from models.fingerprint import file_sha256
+from service.engine.cards import CardError, load_card
+from service.engine.core import Engine, StartupError
+from service.settings import Settings
 
 # Invented numbers for the random tiny model: the card only has to drive the dial's mechanics.
 CARD = {
@@ -81,6 +91,92 @@ def test_v2_reports_card_values_in_parameters(server):
     assert doc["parameters"]["level"] == "l080" and doc["parameters"]["top1"] == 0.79
     meta = httpx.get(f"{server.url}/v2/models/{TINY}").json()
     assert meta["parameters"]["levels"] == "dense,l080,l060,l050"
+
+
+# -- which card serves which weights -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory, tiny_model):
+    """The tiny model's weights as a file, so that they have a fingerprint."""
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_model.timm_model.state_dict().items()}, str(path))
+    return path
+
+
+def write_card(path, **fields):
+    path.write_text(json.dumps(CARD | fields))
+    return path
+
+
+def settings(**kw) -> Settings:
+    return Settings(model=TINY, device="cpu", **kw)
+
+
+def test_the_card_beside_the_weights_serves_them(tiny_weights):
+    beside = write_card(card_beside(tiny_weights), weights_sha256=file_sha256(tiny_weights))
+    try:
+        card = load_card(settings(weights=str(tiny_weights)))
+        assert card is not None and card.weights_sha256 == file_sha256(tiny_weights)
+        assert card.entry("l060").top1 == 0.76
+    finally:
+        beside.unlink()
+
+
+def test_a_card_is_found_by_the_hash_of_the_weights(tiny_weights, tmp_path, monkeypatch):
+    monkeypatch.setattr("models.card.CARDS_DIR", tmp_path)
+    write_card(tmp_path / "other.json", weights_sha256="0" * 64)
+    write_card(tmp_path / "ours.json", weights_sha256=file_sha256(tiny_weights), images=7)
+    (tmp_path / "broken.json").write_text("{not json")
+    card = load_card(settings(weights=str(tiny_weights)))
+    assert card is not None and card.source["images"] == 7
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"weights_sha256": "f" * 64}, "was measured with weights sha256 ffffffffffff"),
+        ({}, "was measured without naming its weights"),
+        ({"model": "deit_tiny_patch16_224"}, "is for model deit_tiny_patch16_224, not the served vit_tiny_test"),
+    ],
+)
+def test_a_card_made_for_other_weights_stops_the_start(tiny_weights, tmp_path, fields, message):
+    path = write_card(tmp_path / "card.json", **fields)
+    with pytest.raises(CardError, match=message) as info:
+        load_card(settings(weights=str(tiny_weights), level_card=str(path)))
+    assert "\n" not in str(info.value) and "SAIT_LEVEL_CARD=none" in str(info.value)
+    with pytest.raises(StartupError, match="level card"):
+        Engine.load(settings(weights=str(tiny_weights), level_card=str(path)))
+
+
+def test_a_card_with_weights_does_not_fit_the_random_model(tmp_path):
+    path = write_card(tmp_path / "card.json", weights_sha256="a" * 64)
+    with pytest.raises(CardError, match="runs with random weights"):
+        load_card(settings(level_card=str(path)))
+    assert load_card(settings(level_card=str(write_card(tmp_path / "plain.json")))) is not None
+
+
+def test_none_serves_without_figures_even_beside_a_wrong_card(tiny_weights):
+    beside = write_card(card_beside(tiny_weights), weights_sha256="e" * 64)
+    try:
+        with pytest.raises(CardError):
+            load_card(settings(weights=str(tiny_weights)))
+        assert load_card(settings(weights=str(tiny_weights), level_card="none")) is None
+        engine = Engine.load(settings(weights=str(tiny_weights), level_card="None"))
+        assert not engine.info.has_card and engine.level_infos[0].accuracy is None
+    finally:
+        beside.unlink()
+
+
+def test_weights_without_a_card_serve_without_figures_and_say_how_to_make_one(tiny_weights, caplog):
+    with caplog.at_level(logging.WARNING, logger="service.engine.cards"):
+        assert load_card(settings(weights=str(tiny_weights))) is None
+    assert "make card WEIGHTS=" in caplog.text and file_sha256(tiny_weights)[:12] in caplog.text
+
+
+def test_pretrained_deit_tiny_finds_the_packaged_card_by_hash(assets_dir):
+    card = load_card(Settings(model="deit_tiny_patch16_224", device="cpu"))
+    if card is None:
+        pytest.skip("DeiT-Tiny is not in the Hugging Face cache HF_HOME names")
+    assert card.model == "deit_tiny_patch16_224" and card.entry("dense").top1 == pytest.approx(79.83, abs=0.2)
 
 
 # -- SAIT_LEVELS=auto: the card's speed table for this device kind chooses the levels --------
