@@ -59,7 +59,7 @@ def combine(runs: list[dict]) -> dict:
         "device": runs[0]["device"],
         "batch_size": runs[0]["batch_size"],
         "images": total,
-        "commands": [run["command"] for run in runs],
+        "commands": list(dict.fromkeys(run["command"] for run in runs)),  # one make_card run covers both sets
         "levels": levels,
         "datasets": {
             run["dataset"]: {"images": run["images"], "command": run["command"], "levels": run["levels"]}

@@ -46,7 +46,7 @@ def test_card_covers_both_evaluation_sets(card):
     raw = json.loads((CARDS_DIR / f"{DEIT_TINY}.json").read_text())
     assert set(raw["datasets"]) == {"imagenet-samples", "imagenet-val"}
     assert raw["images"] == 2405 == sum(d["images"] for d in raw["datasets"].values())
-    assert all("models.evaluate" in c for c in raw["commands"])
+    assert raw["commands"] and all("models.evaluate" in c or "models.make_card" in c for c in raw["commands"])
     dense = card.entry("dense")
     assert dense.agreement == 1.0 and dense.top1 == pytest.approx(79.83, abs=0.2)
     # The combined figures are the image-weighted mean of the two sets.
@@ -56,7 +56,8 @@ def test_card_covers_both_evaluation_sets(card):
             for k, v in raw["datasets"].items()
         ]
     )
-    assert recombined["levels"] == raw["levels"]
+    # Operator counts are added to the card after combining (they depend on the model, not the data).
+    assert recombined["levels"] == [{k: v for k, v in row.items() if k != "ops"} for row in raw["levels"]]
 
 
 def naive_baseline(ratio: float) -> tuple[float, float]:
