@@ -53,13 +53,15 @@ def test_every_program_is_compiled_at_warmup_and_batches_are_padded_to_a_bucket(
 def test_compiled_step_equals_eager_within_1e_4():
     torch.manual_seed(0)
     model = load_model("vit_tiny_test", pretrained=False)
-    kw = dict(device="cpu", precision="fp32", max_batch_size=2, levels=("l050",))
+    # One program (batch 1): compiling costs about 30 s per program on 2 cores; padding to the
+    # buckets is the test above's.
+    kw = dict(device="cpu", precision="fp32", max_batch_size=1, levels=("l050",))
     compiled = EagerRunner(model, compile=True, **kw)
     eager = EagerRunner(model, **kw)
-    compiled.warmup()  # two programs: batch 2 and batch 1
+    compiled.warmup()
     assert compiled.compile_seconds > 0
-    for n in (1, 2):
-        x = _images(n, seed=n)
+    for seed in (1, 2):
+        x = _images(1, seed=seed)
         diff = (compiled.run("l050", x).probs - eager.run("l050", x).probs).abs().max().item()
         assert diff <= 1e-4, diff
 
