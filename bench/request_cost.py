@@ -278,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"request_cost: --setting takes KEY=VALUE, got {args.setting}", file=sys.stderr)
         return 2
     settings.setdefault("MODEL", args.model)
+    # Serve the pinned level (and dense) only: SAIT_LEVELS=auto may not offer it on this device,
+    # and warming levels no request asks for only slows every server's start.
+    settings.setdefault("LEVELS", ",".join(dict.fromkeys(("dense", args.level))))
     try:
         variants = [parse_variant(v) for v in args.variant] or [Variant(name="this")]
     except UsageError as exc:
