@@ -237,6 +237,8 @@ def run_e2e_bench(cfg: E2EBenchConfig, model_only: dict | None = None) -> dict:
         "MAX_QUEUE_DELAY_MS": cfg.max_queue_delay_ms,
         "QUEUE_LIMIT": cfg.max_inflight,
         "POLICY": "adaptive",
+        # The levels the ladders pin, served whatever SAIT_LEVELS=auto would offer on this device.
+        "LEVELS": ",".join(dict.fromkeys(("dense", *cfg.levels))),
         "LOG_LEVEL": "warning",
     }
     kind_payloads = {
