@@ -208,6 +208,9 @@ def _parser() -> argparse.ArgumentParser:
         "--sets", default=",".join(map(str, DEFAULT_SETS)), help="comma list of image folders with labels.csv"
     )
     p.add_argument("--thresholds", default="0.5,0.6,0.7,0.8,0.9,0.95")
+    p.add_argument(
+        "--levels", help="comma list of the sparse levels the router may choose (default: all; dense is always one)"
+    )
     p.add_argument("--limit", type=int, help="first N images of each set only")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--check", type=int, default=100, help="images per set re-run through AdaptiveDensity")
@@ -224,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         thresholds = [float(t) for t in args.thresholds.split(",") if t.strip()]
         model = load_model(args.model, weights=args.weights)
-        routers = {t: AdaptiveDensity(model, threshold=t) for t in thresholds}
+        levels = [n.strip() for n in args.levels.split(",") if n.strip()] if args.levels else None
+        for name in levels or ():
+            model.level(name)  # KeyError naming the known levels
+        routers = {t: AdaptiveDensity(model, threshold=t, levels=levels) for t in thresholds}
         per_set, all_preds, all_buckets, all_labels = {}, [], [], []
         for folder in [Path(s) for s in args.sets.split(",") if s.strip()]:
             crops, labels = cached_crops(folder, model, limit=args.limit, cache_dir=Path(args.cache_dir))
@@ -239,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
             per_set[folder.name] = {"images": len(labels), "rows": rows}
             all_preds.append(preds), all_buckets.append(buckets), all_labels.append(labels)
-    except (ValueError, EvalSetError, WeightsError) as exc:
+    except (KeyError, ValueError, EvalSetError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cat = lambda ds: {k: torch.cat([d[k] for d in ds]) for k in ds[0]}

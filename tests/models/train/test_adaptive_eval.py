@@ -77,3 +77,21 @@ def test_adaptive_rows_are_compared_with_the_fixed_levels_joined_by_lines():
     assert rows[2]["top1_vs_fixed"] == 1.0 and abs(rows[2]["agreement_vs_fixed"] + 0.02) < 1e-12
     assert rows[3]["top1_vs_fixed"] == -1.0 and rows[3]["agreement_vs_fixed"] == 0.0
     assert "top1_vs_fixed" not in rows[0]
+
+
+def test_adaptive_eval_routes_only_among_the_levels_asked(tmp_path):
+    a = _folder(tmp_path / "a", 2)
+    out = tmp_path / "r.json"
+    argv = ["--model", "vit_tiny_test", "--sets", str(a), "--thresholds", "0", "--check", "0"]
+    assert main([*argv, "--levels", "l050", "--cache-dir", str(tmp_path / "c"), "--json", str(out)]) == 0
+    rows = {r["name"]: r for r in json.loads(out.read_text())["combined"]["rows"]}
+    # Threshold 0 takes the cheapest level it may choose: l050, not the model's cheapest (f040).
+    assert rows["adaptive@0"]["level_share"] == {"l050": 1.0, "dense": 0.0}
+    assert rows["adaptive@0"]["gflops"] == rows["l050"]["gflops"] > min(r["gflops"] for r in rows.values())
+
+
+def test_adaptive_eval_unknown_level_is_one_line(tmp_path, capsys):
+    a = _folder(tmp_path / "a", 1)
+    assert main(["--model", "vit_tiny_test", "--sets", str(a), "--levels", "l999", "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown level 'l999'" in err and len(err.strip().splitlines()) == 1
