@@ -149,7 +149,7 @@ def test_level_sampling():
 
 
 def test_no_weight_decay_on_norms_biases_position_embedding_and_class_token(make_cfg, tmp_path):
-    trainer = Trainer(make_cfg(tmp_path / "groups"))
+    trainer = Trainer(make_cfg(tmp_path / "groups", freeze_blocks=0))  # every parameter trained
     names = {id(p): n for n, p in trainer.student.timm_model.named_parameters()}
     by_decay = {g["weight_decay"]: {names[id(p)] for p in g["params"]} for g in trainer.optimizer.param_groups}
     assert set(by_decay) == {0.0, 0.05} and sum(map(len, by_decay.values())) == len(names)
