@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -132,6 +133,15 @@ class Trainer:
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         vit = self.student.timm_model
         freeze_prefix(vit, cfg.freeze_blocks)
+        # The token-score term trains the probe block's class attention; when that block is frozen
+        # it has nothing to train (its gradient is zero), so it is skipped, and said so.
+        self.use_tokens = cfg.token_weight > 0 and self.probe_block >= cfg.freeze_blocks
+        if cfg.token_weight > 0 and not self.use_tokens:
+            warnings.warn(
+                f"token_weight={cfg.token_weight} is inert: its block ({self.probe_block}) is among the "
+                f"{cfg.freeze_blocks} frozen ones; the token-score term is skipped",
+                stacklevel=2,
+            )
         # No weight decay on norms, biases, position embedding and class token (timm's rule); frozen ones left out.
         groups = param_groups_weight_decay(vit, cfg.weight_decay, no_weight_decay_list=vit.no_weight_decay())
         # fused: one kernel for the whole update on CUDA (5.7 M parameters in 150 tensors for DeiT-Tiny).
@@ -156,7 +166,7 @@ class Trainer:
         mix = None
         if cfg.mixup_alpha > 0:
             x, mix = mixup(x, labels, rng.betavariate(cfg.mixup_alpha, cfg.mixup_alpha))
-        use_tokens = cfg.token_weight > 0
+        use_tokens = self.use_tokens
         with torch.no_grad(), self._autocast():
             if use_tokens:
                 t_logits, t_rows = dense_with_class_attention(self.teacher, x, {self.teacher_block})

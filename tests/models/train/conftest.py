@@ -50,6 +50,7 @@ def make_cfg(pool):
             device="cpu",
             auto_augment="rand-m9-mstd0.5-inc1-mmax9",
             token_weight=0.5,
+            freeze_blocks=0,  # the tiny model's first reduction is at block 0: frozen, the token term is inert
             mixup_alpha=0.4,
         )
         return TrainConfig(**(base | kw))

@@ -101,6 +101,8 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(pool, make_cfg, tmp_pat
                 "cpu",
                 "--token-weight",
                 "0.5",
+                "--freeze-blocks",
+                "0",
                 "--mixup-alpha",
                 "0.4",
                 "--resume",
@@ -269,3 +271,10 @@ def test_a_frozen_prefix_keeps_its_start_and_leaves_the_optimizer(make_cfg, tmp_
 def test_freezing_more_blocks_than_the_model_has_is_refused(make_cfg, tmp_path):
     with pytest.raises(ValueError, match="freeze_blocks=7, but the model has 6 blocks"):
         Trainer(make_cfg(tmp_path / "x", freeze_blocks=7))
+
+
+def test_a_frozen_probe_block_makes_the_token_term_inert_and_it_is_skipped_with_a_warning(make_cfg, tmp_path):
+    with pytest.warns(UserWarning, match="token_weight=0.5 is inert"):
+        trainer = Trainer(make_cfg(tmp_path / "inert", freeze_blocks=2))
+    assert not trainer.use_tokens and trainer.train_step(*_one_batch(trainer))["token"] == 0.0
+    assert Trainer(make_cfg(tmp_path / "live")).use_tokens  # nothing frozen: the term trains block 0
