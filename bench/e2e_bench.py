@@ -35,7 +35,7 @@ from bench.loadgen.client import Target
 from bench.loadgen.ladder import Point, climb, highest_passing, lowest_failing_above, point_passes
 from bench.loadgen.payloads import DEFAULT_IMAGE_DIR, load_folder, synthetic
 from bench.loadgen.scenario import Dials, Scenario
-from bench.loadgen.server import ServerProcess
+from bench.loadgen.server import ServerProcess, served_levels
 from bench.loadgen.session import LoadRun, execute
 from bench.targets import model_only_reference
 from models.device import resolve_device
@@ -237,8 +237,7 @@ def run_e2e_bench(cfg: E2EBenchConfig, model_only: dict | None = None) -> dict:
         "MAX_QUEUE_DELAY_MS": cfg.max_queue_delay_ms,
         "QUEUE_LIMIT": cfg.max_inflight,
         "POLICY": "adaptive",
-        # The levels the ladders pin, served whatever SAIT_LEVELS=auto would offer on this device.
-        "LEVELS": ",".join(dict.fromkeys(("dense", *cfg.levels))),
+        "LEVELS": served_levels(*cfg.levels),
         "LOG_LEVEL": "warning",
     }
     kind_payloads = {

@@ -49,7 +49,7 @@ from bench.loadgen.compare import (
 from bench.loadgen.docblock import cpu_model
 from bench.loadgen.payloads import DEFAULT_IMAGE_DIR, Payload, PayloadError, load_folder, synthetic
 from bench.loadgen.scenario import Dials, Scenario
-from bench.loadgen.server import ServerError, ServerProcess, cpu_by_role, server_threads
+from bench.loadgen.server import ServerError, ServerProcess, cpu_by_role, served_levels, server_threads
 from bench.loadgen.session import LoadRun, execute
 
 DEFAULT_BLOCK = "request-cost"
@@ -278,9 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"request_cost: --setting takes KEY=VALUE, got {args.setting}", file=sys.stderr)
         return 2
     settings.setdefault("MODEL", args.model)
-    # Serve the pinned level (and dense) only: SAIT_LEVELS=auto may not offer it on this device,
-    # and warming levels no request asks for only slows every server's start.
-    settings.setdefault("LEVELS", ",".join(dict.fromkeys(("dense", args.level))))
+    settings.setdefault("LEVELS", served_levels(args.level))
     try:
         variants = [parse_variant(v) for v in args.variant] or [Variant(name="this")]
     except UsageError as exc:

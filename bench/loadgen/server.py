@@ -31,6 +31,12 @@ class ServerError(RuntimeError):
     """The server did not come up (the message carries the tail of its log)."""
 
 
+def served_levels(*pinned: str) -> str:
+    """SAIT_LEVELS for a bench's server: dense and the levels its requests pin, served whatever
+    SAIT_LEVELS=auto would offer on this device (and no level warmed that no request asks for)."""
+    return ",".join(dict.fromkeys(("dense", *pinned)))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -166,9 +166,8 @@ class Trainer:
         mix = None
         if cfg.mixup_alpha > 0:
             x, mix = mixup(x, labels, rng.betavariate(cfg.mixup_alpha, cfg.mixup_alpha))
-        use_tokens = self.use_tokens
         with torch.no_grad(), self._autocast():
-            if use_tokens:
+            if self.use_tokens:
                 t_logits, t_rows = dense_with_class_attention(self.teacher, x, {self.teacher_block})
                 t_attn = t_rows[self.teacher_block]
             else:
@@ -180,7 +179,7 @@ class Trainer:
             dense = name == self.levels[0]
             with self._autocast():
                 tok = None
-                if dense and use_tokens:
+                if dense and self.use_tokens:
                     logits, rows = dense_with_class_attention(self.student, x, {self.probe_block})
                     tok = token_kl(rows[self.probe_block], t_attn)
                 else:
